@@ -1,0 +1,220 @@
+"""The `passenger-lite` command. The only place that prints errors or calls sys.exit.
+
+Exit codes: 0 success; 1 runtime failure (a port in use, no manager running, a smoke test
+failed); 2 usage or configuration error.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+PROG = "passenger-lite"
+DEFAULT_CONFIG = os.environ.get("PASSENGER_LITE_CONFIG", "sites.yaml")
+
+
+def _fail(msg: str, code: int = 1) -> "NoReturn":  # noqa: F821
+    print(f"{PROG}: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _load(path: str):
+    from passenger_lite.spawners.registry import default_registry
+
+    from . import config
+
+    reg = default_registry()
+    for p in reg.problems:
+        print(f"{PROG}: warning: {p}", file=sys.stderr)
+    try:
+        return config.load(path, reg)
+    except ConfigError as e:
+        _fail(f"error in {e.render()}", 2)
+
+
+# ---------------------------------------------------------------------------- start / check
+
+
+def cmd_start(a: argparse.Namespace) -> int:
+    site = _load(a.config)
+    if a.dev:
+        site.config.environment = "development"
+    from .output import setup_logging
+    from .runtime import run
+    from .runtimedir import RuntimeDirError
+
+    setup_logging(site.config.log_format)
+    try:
+        return run(site, dev=a.dev)
+    except RuntimeDirError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(str(e))
+    return 1
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    site = _load(a.config)
+    from passenger_lite.proxy.router import Mount, Router
+
+    print(f"{site.path}: OK, {len(site.apps)} app{'s' if len(site.apps) != 1 else ''}, "
+          f"environment {site.config.environment}, max_pool_size {site.config.max_pool_size}")
+    print("listen: " + ", ".join(str(x) + (" (tls)" if x.tls else "") for x in site.addresses))
+    router = Router(Mount(tuple(app.hosts), app.path, app) for app in site.apps)
+    rows = [("HOST", "PATH", "APP", "TYPE", "ENTRY", "PROCESSES", "CONCURRENCY")]
+    for host, prefix, app in router.table():
+        procs = f"{app.min_processes}-{app.max_processes}"
+        conc = str(app.concurrency) if app.concurrency else "unlimited"
+        rows.append((host, prefix, app.name, app.type or "?", app.entry or "-", procs, conc))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print("routes, in match order:")
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_schema(a: argparse.Namespace) -> int:
+    from .config import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if a.output:
+        Path(a.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ---------------------------------------------------------------------------- control clients
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self._path)
+        self.sock = s
+
+
+def control(config: str, method: str, path: str, timeout: float = 600) -> tuple[int, dict]:
+    from .runtimedir import RuntimeDirError, control_socket
+
+    cfg = Path(config)
+    if not cfg.exists():
+        _fail(f"config file {config} not found", 2)
+    try:
+        sock = control_socket(cfg)
+    except RuntimeDirError as e:
+        _fail(str(e))
+    if not sock.exists():
+        _fail(f"no passenger-lite is running for {cfg.resolve()}")
+    conn = _UnixHTTPConnection(str(sock), timeout)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        body = resp.read()
+    except (ConnectionRefusedError, FileNotFoundError):
+        _fail(f"no passenger-lite is running for {cfg.resolve()}")
+    except OSError as e:
+        _fail(f"cannot reach the running passenger-lite: {e}")
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(body)
+    except ValueError:
+        _fail(f"unexpected answer from the running passenger-lite: {body[:200]!r}")
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    _, data = control(a.config, "GET", "/status")
+    if a.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    from .status import render_status
+
+    print(render_status(data))
+    return 0
+
+
+def cmd_restart(a: argparse.Namespace) -> int:
+    status, data = control(a.config, "POST", f"/restart/{a.app}")
+    if status == 404:
+        _fail(data.get("error", "no such app"), 2)
+    if not data.get("ok"):
+        _fail(f"restart of {a.app} failed: {data.get('error')}; the old workers keep serving")
+    print(f"{a.app}: restarted")
+    return 0
+
+
+def cmd_reload(a: argparse.Namespace) -> int:
+    _, data = control(a.config, "POST", "/reload")
+    if not data.get("ok"):
+        print(f"{PROG}: reload rejected; the running config stays\n{data.get('error')}", file=sys.stderr)
+        return 2
+    print(f"reloaded: added {', '.join(data['added']) or '-'}; removed {', '.join(data['removed']) or '-'}; "
+          f"changed {', '.join(data['changed']) or '-'}")
+    return 0
+
+
+def cmd_stop(a: argparse.Namespace) -> int:
+    _, data = control(a.config, "POST", "/stop")
+    print("stopping")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="A small polyglot app server (Python, Ruby, Node.js).")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--config", "-c", default=DEFAULT_CONFIG, metavar="FILE",
+                        help=f"site config (default: {DEFAULT_CONFIG}, or $PASSENGER_LITE_CONFIG)")
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = add("start", cmd_start, "serve every app of the config in the foreground")
+    sp.add_argument("--dev", action="store_true", help="development mode: detailed error pages, restart on file changes")
+    add("check", cmd_check, "validate the config and print the routing table")
+    sp = add("status", cmd_status, "show apps and workers of the running manager")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp = add("restart", cmd_restart, "rolling restart of one app")
+    sp.add_argument("app")
+    add("reload", cmd_reload, "re-read the config file (like SIGHUP)")
+    add("stop", cmd_stop, "graceful stop")
+    sp = sub.add_parser("schema", help="print the config's JSON Schema")
+    sp.add_argument("--output", "-o")
+    sp.set_defaults(func=cmd_schema)
+    try:
+        from .smoke import add_parser as add_smoke
+    except ImportError:
+        pass
+    else:
+        add_smoke(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""What the manager prints: worker output lines with an app/worker prefix, and its own log.
+
+Lines read `12:00:01 blog.2[4242] | text`, whole lines only (each is one write), the prefix
+coloured per app on a TTY and plain otherwise, as foreman and honcho users expect. With
+`log_format: json` every line is a JSON object instead.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import TextIO
+
+COLOURS = ["36", "33", "32", "35", "34", "31", "96", "93", "92", "95", "94", "91"]
+
+
+class Printer:
+    def __init__(self, stream: TextIO | None = None, fmt: str = "text", colour: bool | None = None):
+        self.stream = stream or sys.stderr
+        self.json = fmt == "json"
+        self.colour = (self.stream.isatty() if colour is None else colour) and not self.json
+        self._colours: dict[str, str] = {}
+        self.width = 12
+
+    def _prefix(self, app: str, tag: str) -> str:
+        if not self.colour:
+            return tag
+        c = self._colours.get(app)
+        if c is None:
+            c = self._colours[app] = COLOURS[len(self._colours) % len(COLOURS)]
+        return f"\x1b[{c}m{tag}\x1b[0m"
+
+    def worker_line(self, worker, text: str, kind: str) -> None:
+        if self.json:
+            line = json.dumps({"time": round(time.time(), 3), "app": worker.app, "worker": worker.id,
+                               "pid": worker.pid, "stream": kind, "line": text})
+        else:
+            tag = f"{worker.app}.{worker.id}[{worker.pid}]"
+            self.width = max(self.width, len(tag))
+            line = f"{time.strftime('%H:%M:%S')} {self._prefix(worker.app, tag.ljust(self.width))} | {text}"
+        self._write(line)
+
+    def _write(self, line: str) -> None:
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class _TextFormatter(logging.Formatter):
+    def __init__(self, colour: bool):
+        super().__init__()
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info and record.levelno >= logging.ERROR:
+            msg += "\n" + self.formatException(record.exc_info)
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        if self.colour and record.levelno >= logging.WARNING:
+            level = f"\x1b[{'31' if record.levelno >= logging.ERROR else '33'}m{level}\x1b[0m"
+        return f"{time.strftime('%H:%M:%S', time.localtime(record.created))} passenger-lite | {level}{msg}"
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": round(record.created, 3), "level": record.levelname.lower(),
+                           "logger": record.name, "message": record.getMessage()})
+
+
+def setup_logging(fmt: str = "text", stream: TextIO | None = None, level: int = logging.INFO) -> None:
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    colour = fmt != "json" and stream.isatty()
+    handler.setFormatter(_JSONFormatter() if fmt == "json" else _TextFormatter(colour))
+    root = logging.getLogger("passenger_lite")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False

@@ -1,0 +1,530 @@
+"""AppPool: one app's workers, its FIFO wait queue, and the decisions about them.
+
+Checkout follows Passenger: the least busy ready worker (in-flight / concurrency) that has room
+takes the request; when every worker is full the request waits in the app's queue (`max_queue`,
+then 503; `queue_timeout`, then 504) and one more worker is spawned while the app is below
+`max_processes`. Apps with concurrency 0 never fill up; they scale out when in-flight requests per
+worker pass `scale_threshold`.
+
+Lifecycle (issue 4): failed starts back off exponentially with jitter and, after
+FAIL_LIMIT in a row, the app is marked failed (503 with its error page) and retried later;
+crashed workers are replaced; idle workers stop after `idle_timeout` down to `min_processes`;
+workers are recycled after `max_requests` or past `memory_limit`; restarts are rolling (the new
+worker is ready before the old one stops taking requests, then the old one drains).
+
+`acquire`, `release` and `cancel` are the proxy's hot path: plain attribute work, no awaits.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from passenger_lite.proxy.forward import Unavailable
+
+from .states import AppState, WorkerState
+from .worker import StartFailure, Worker
+
+if TYPE_CHECKING:
+    from passenger_lite.manager.config import AppConfig
+
+    from .poolset import PoolSet
+
+log = logging.getLogger("passenger_lite.manager")
+W = WorkerState
+FAIL_LIMIT = 5          # failed starts in a row before the app is marked failed
+BACKOFF_BASE = 0.5      # seconds; doubles per failure, with +-25 % jitter
+BACKOFF_MAX = 30.0
+FAILED_RETRY = 60.0     # a failed app is tried again after this long (or on restart)
+MEMORY_CHECK_EVERY = 2.0
+
+
+class AppPool:
+    def __init__(self, app: "AppConfig", spawner, poolset: "PoolSet"):
+        self.poolset = poolset
+        self.spawner = spawner
+        self.workers: list[Worker] = []
+        self.ready: list[Worker] = []      # READY workers, the only ones acquire() looks at
+        self.queue: deque = deque()
+        self.state = AppState.IDLE
+        self.starting = 0                  # workers being spawned
+        self.failures = 0                  # failed starts in a row
+        self.last_failure: StartFailure | None = None
+        self.retry_at = 0.0
+        self.stopping = False
+        self.restarting = False
+        self.restart_again: str | None = None
+        self.last_restart = ""             # "when: why" for status
+        self.last_restart_at = 0.0
+        self.served = 0
+        self.spawns = 0
+        self.crashes = 0
+        self.restarts = 0
+        self.failed_starts = 0
+        self._next_id = 1
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._surge = 0                    # extra workers allowed during a rolling restart
+        self.configure(app)
+
+    def configure(self, app: "AppConfig") -> None:
+        self.app = app
+        self.name = app.name
+        self.min = app.min_processes
+        self.max = app.max_processes
+        self.concurrency = app.concurrency or 0
+        self.max_queue = app.max_queue
+        self.queue_timeout = app.queue_timeout
+        self.response_timeout = app.response_timeout
+        self.redirect_https = app.redirect_https
+        self.error_page = app.error_page
+
+    def __repr__(self) -> str:
+        return f"<AppPool {self.name} {self.state.value} workers={len(self.workers)} queue={len(self.queue)}>"
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.poolset.loop
+
+    # ------------------------------------------------------------------ the hot path
+
+    def _pick(self) -> Worker | None:
+        best = None
+        best_load = 0.0
+        for w in self.ready:
+            c = w.concurrency
+            n = w.in_flight
+            if c:
+                if n >= c:
+                    continue
+                load = n / c
+            else:
+                load = n
+            if best is None or load < best_load:
+                best, best_load = w, load
+                if not n:
+                    break
+        return best
+
+    def acquire(self, ex) -> Worker | None:
+        """A worker for `ex` now, or None when `ex` waits in the queue (the pool calls
+        ex.on_worker / ex.on_unavailable later). Raises Unavailable for an immediate 503."""
+        w = self._pick()
+        if w is not None:
+            w.in_flight += 1
+            if not self.concurrency and w.in_flight > self.app.scale_threshold:
+                self._scale_unlimited()
+            return w
+        if not self.ready and self.state in (AppState.FAILED, AppState.BACKOFF) and not self.starting:
+            raise Unavailable(503, f"The application {self.name!r} could not be started.", self.last_failure)
+        if self.stopping:
+            raise Unavailable(503, "The application is shutting down.")
+        if len(self.queue) >= self.max_queue:
+            raise Unavailable(503, "Too many requests are waiting for this application.")
+        ex.queue_deadline = self.loop.time() + self.queue_timeout
+        self.queue.append(ex)
+        self._maybe_spawn()
+        return None
+
+    def release(self, w: Worker, failed: bool = False, reason: str = "") -> None:
+        """The exchange on `w` ended (or never reached it, when `failed`)."""
+        w.in_flight -= 1
+        w.last_used = time.monotonic()
+        if failed:
+            log.warning("%s: %s; taking it out of rotation", w.label, reason)
+            if w.state is W.READY:
+                self.loop.create_task(w.stop(self.shutdown_timeout, "unreachable"))
+        else:
+            w.served += 1
+            self.served += 1
+            limit = self.app.max_requests
+            if limit and w.served >= limit and w.state is W.READY:
+                self.recycle(w, f"served {w.served} requests (max_requests)")
+        if w.state is W.DRAINING and not w.in_flight:
+            self.loop.create_task(w.stop(self.shutdown_timeout))
+        if self.queue:
+            self._dispatch_queue()
+
+    def cancel(self, ex) -> None:
+        try:
+            self.queue.remove(ex)
+        except ValueError:
+            pass
+
+    def _dispatch_queue(self) -> None:
+        q = self.queue
+        while q:
+            w = self._pick()
+            if w is None:
+                return
+            ex = q.popleft()
+            w.in_flight += 1
+            ex.on_worker(w)
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def shutdown_timeout(self) -> float:
+        t = self.app.shutdown_timeout
+        return t if t is not None else self.poolset.site.config.shutdown_timeout
+
+    @property
+    def live(self) -> list[Worker]:
+        """Workers that count towards max_processes (not draining or stopping)."""
+        return [w for w in self.workers if w.state in (W.STARTING, W.READY)]
+
+    # ------------------------------------------------------------------ spawning
+
+    def _maybe_spawn(self) -> None:
+        """Requests are waiting: spawn one more worker if allowed (one start at a time, as Passenger)."""
+        if self.stopping or self.starting or self.state in (AppState.FAILED, AppState.BACKOFF):
+            return
+        if len(self.live) >= self.max + self._surge:
+            return
+        self.spawn()
+
+    def _scale_unlimited(self) -> None:
+        """Concurrency 0: another worker when in-flight per worker passes the threshold."""
+        if self.stopping or self.starting or self.state is not AppState.RUNNING:
+            return
+        live = self.live
+        if len(live) >= self.max:
+            return
+        if sum(w.in_flight for w in self.ready) / max(len(self.ready), 1) > self.app.scale_threshold:
+            log.info("%s: %d requests in flight on %d worker(s): scaling out", self.name,
+                     sum(w.in_flight for w in self.ready), len(self.ready))
+            self.spawn()
+
+    def ensure_min(self) -> None:
+        if self.stopping or self.state in (AppState.FAILED, AppState.BACKOFF):
+            return
+        need = self.min - len(self.live)
+        for _ in range(max(need, 0)):
+            if not self.spawn():
+                break
+
+    def spawn(self, replacing: Worker | None = None) -> bool:
+        """Start one worker in the background. False when max_pool_size has no room now."""
+        if not self.poolset.reserve_slot(self, surge=replacing is not None):
+            return False
+        self.starting += 1
+        if self.state in (AppState.IDLE, AppState.STOPPED):
+            self._set_state(AppState.STARTING)
+        self.loop.create_task(self._spawn_one(replacing))
+        return True
+
+    async def _spawn_one(self, replacing: Worker | None = None) -> Worker | None:
+        wid = self._next_id
+        self._next_id += 1
+        w = self.poolset.new_worker(self, wid)
+        self.workers.append(w)
+        self.spawns += 1
+        t0 = time.monotonic()
+        try:
+            spec = self.poolset.worker_spec(self, w)
+            log.info("%s: spawning worker #%d: %s", self.name, wid, " ".join(spec.argv))
+            await w.start(spec, self.app.start_timeout, self.poolset.printer, self.poolset.watchdog,
+                          user=self.poolset.user_for(self.app))
+        except StartFailure as f:
+            self.starting -= 1
+            if w in self.workers:
+                self.workers.remove(w)
+            self.poolset.slot_freed()
+            self._start_failed(f)
+            return None
+        except Exception as e:  # noqa: BLE001 - a spawner bug is a failed start, not a crash
+            log.exception("%s: spawning worker #%d failed", self.name, wid)
+            self.starting -= 1
+            if w in self.workers:
+                self.workers.remove(w)
+            if w.alive:
+                await w.kill()
+            self.poolset.slot_freed()
+            self._start_failed(StartFailure(self.name, "spawn", f"{type(e).__name__}: {e}"))
+            return None
+        self.starting -= 1
+        log.info("%s: worker #%d (pid %s) ready in %d ms", self.name, wid, w.pid,
+                 (time.monotonic() - t0) * 1000)
+        self.failures = 0
+        self.last_failure = None
+        if self.state is not AppState.STOPPING:
+            self._set_state(AppState.RUNNING)
+        if self.stopping:
+            self.loop.create_task(w.stop(self.shutdown_timeout, "shutting down"))
+            return w
+        if self.queue:
+            self._dispatch_queue()
+            if self.queue:
+                self._maybe_spawn()
+        return w
+
+    def _start_failed(self, f: StartFailure) -> None:
+        self.failures += 1
+        self.failed_starts += 1
+        self.last_failure = f
+        log.error("%s: worker failed to start: %s%s", self.name, f.message,
+                  ("\n  " + "\n  ".join(f.output.splitlines()[-10:])) if f.output else "")
+        if self.stopping:
+            return
+        if self.failures >= FAIL_LIMIT:
+            delay = FAILED_RETRY
+            self._set_state(AppState.FAILED)
+            log.error("%s: %d failed starts in a row; marked failed, next try in %g s "
+                      "(or `passenger-lite restart %s`)", self.name, self.failures, delay, self.name)
+        else:
+            delay = min(BACKOFF_BASE * 2 ** (self.failures - 1), BACKOFF_MAX) * random.uniform(0.75, 1.25)
+            if not self.ready:
+                self._set_state(AppState.BACKOFF)
+            log.info("%s: next start in %.1f s", self.name, delay)
+        if not self.ready:  # nobody can serve the waiting requests: tell them now
+            self._fail_queue(503, f"The application {self.name!r} could not be started.", f)
+        self._schedule_retry(delay)
+
+    def _schedule_retry(self, delay: float) -> None:
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+        self.retry_at = time.monotonic() + delay
+        self._retry_handle = self.loop.call_later(delay, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_handle = None
+        if self.stopping:
+            return
+        if self.state in (AppState.BACKOFF, AppState.FAILED):
+            self._set_state(AppState.STARTING if not self.ready else AppState.RUNNING)
+        if self.min > len(self.live):
+            self.ensure_min()
+        elif self.queue:
+            self._maybe_spawn()
+        elif not self.ready and not self.starting:
+            self._set_state(AppState.IDLE)
+
+    def _fail_queue(self, status: int, message: str, problem=None) -> None:
+        q = self.queue
+        self.queue = deque()
+        for ex in q:
+            ex.on_unavailable(status, message, problem)
+
+    # ------------------------------------------------------------------ worker events
+
+    def on_worker_state(self, w: Worker, old: WorkerState, new: WorkerState, why: str) -> None:
+        if old is W.READY and w in self.ready:
+            self.ready.remove(w)
+        if new is W.READY:
+            self.ready.append(w)
+        if new in (W.DRAINING, W.STOPPING) and why:
+            log.info("%s: stopping worker #%d (pid %s): %s", self.name, w.id, w.pid, why)
+
+    def on_worker_exit(self, w: Worker) -> None:
+        expected = w.state is W.STOPPING
+        if w.state not in (W.STOPPED, W.FAILED):
+            w.set_state(W.STOPPED if expected else W.FAILED)
+        if w in self.workers:
+            self.workers.remove(w)
+        self.poolset.slot_freed()
+        if not expected and w.ready_mono:
+            self.crashes += 1
+            log.warning("%s: worker #%d (pid %s) exited unexpectedly (%s); %d request(s) were in flight",
+                        self.name, w.id, w.pid, _exit_text(w), w.in_flight)
+        elif expected:
+            log.info("%s: worker #%d (pid %s) stopped (%s)", self.name, w.id, w.pid, _exit_text(w))
+        if self.stopping:
+            if not self.workers:
+                self._set_state(AppState.STOPPED)
+            return
+        if not self.ready and not self.starting and self.state is AppState.RUNNING:
+            self._set_state(AppState.IDLE)
+        if not expected and w.ready_mono:
+            self.ensure_min()
+        if self.queue:
+            self._dispatch_queue()
+            if self.queue:
+                self._maybe_spawn()
+
+    def _set_state(self, new: AppState) -> None:
+        if self.state is not new:
+            log.debug("%s: %s -> %s", self.name, self.state.value, new.value)
+            self.state = new
+
+    # ------------------------------------------------------------------ periodic (PoolSet.sweep)
+
+    def sweep(self, now: float, mono: float) -> None:
+        q = self.queue
+        if q and (self.ready or not self.starting):
+            # while the first worker is still starting, waiting requests are bounded by start_timeout
+            while q and q[0].queue_deadline < now:
+                ex = q.popleft()
+                ex.on_unavailable(504, "The request waited too long for a free worker.",
+                                  None)
+        if self.stopping or self.restarting:
+            return
+        idle_timeout = self.app.idle_timeout
+        if idle_timeout and len(self.live) > self.min:
+            idle = [w for w in self.ready if not w.in_flight and mono - w.last_used > idle_timeout]
+            if idle:
+                w = min(idle, key=lambda x: x.last_used)
+                self.loop.create_task(w.stop(self.shutdown_timeout, f"idle for {idle_timeout:g} s"))
+        if self.app.memory_limit:
+            self._check_memory(mono)
+
+    def _check_memory(self, mono: float) -> None:
+        import psutil
+
+        limit = self.app.memory_limit * 1024 * 1024
+        for w in list(self.ready):
+            if mono - w.mem_checked < MEMORY_CHECK_EVERY:
+                continue
+            w.mem_checked = mono
+            w.rss = rss_of(w.pid, psutil)
+            if w.rss > limit:
+                self.recycle(w, f"uses {w.rss / 1048576:.0f} MiB (memory_limit {self.app.memory_limit} MiB)")
+
+    # ------------------------------------------------------------------ restart, recycle, stop
+
+    def recycle(self, w: Worker, why: str) -> None:
+        """Replace `w` gracefully: the replacement is ready before `w` stops taking requests."""
+        if w.recycling or self.stopping:
+            return
+        w.recycling = True
+        self.loop.create_task(self._replace(w, why))
+
+    async def _replace(self, old: Worker, why: str) -> bool:
+        self._surge += 1
+        try:
+            new = None
+            if self.poolset.reserve_slot(self, surge=True):
+                self.starting += 1
+                new = await self._spawn_one(replacing=old)
+        finally:
+            self._surge -= 1
+        if new is None:
+            old.recycling = False
+            return False
+        if old.state is W.READY:
+            old.stop_reason = why
+            old.set_state(W.DRAINING, why)
+            if not old.in_flight:
+                await old.stop(self.shutdown_timeout, why)
+        return True
+
+    async def restart(self, reason: str, keep_old_on_failure: bool = True) -> bool:
+        """Rolling restart: each worker is replaced by a new one that is ready first.
+        If a new worker fails to start, the old ones keep serving (unless told otherwise)."""
+        self.restarts += 1
+        self.last_restart = reason
+        self.last_restart_at = time.time()
+        if self.restarting:
+            self.restart_again = reason
+            return True
+        self.restarting = True
+        ok = True
+        try:
+            while True:
+                if self.state in (AppState.FAILED, AppState.BACKOFF):
+                    self.failures = 0
+                    if self._retry_handle is not None:
+                        self._retry_handle.cancel()
+                        self._retry_handle = None
+                    self._set_state(AppState.STARTING if not self.ready else AppState.RUNNING)
+                old = [w for w in self.workers if w.state in (W.READY, W.STARTING)]
+                log.info("%s: restarting %d worker(s): %s", self.name, len(old), reason)
+                for w in old:
+                    if w.state is W.STARTING:
+                        await w.stop(self.shutdown_timeout, "restart")
+                        continue
+                    if not await self._replace(w, f"restart ({reason})"):
+                        ok = False
+                        f = self.last_failure
+                        log.error("%s: restart failed%s; %s", self.name, f": {f.message}" if f else "",
+                                  "the old workers keep serving" if keep_old_on_failure else "stopping them")
+                        if not keep_old_on_failure:
+                            for o in old:
+                                if o.state is W.READY:
+                                    o.set_state(W.DRAINING, "restart failed")
+                                    if not o.in_flight:
+                                        self.loop.create_task(o.stop(self.shutdown_timeout))
+                        break
+                if ok and not old:
+                    self.ensure_min()
+                again, self.restart_again = self.restart_again, None
+                if again is None:
+                    break
+                reason = again
+        finally:
+            self.restarting = False
+        return ok
+
+    async def stop(self, timeout: float) -> None:
+        """Stop every worker: in-flight requests get up to `timeout` (the proxy drained already)."""
+        self.stopping = True
+        self._set_state(AppState.STOPPING)
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+        self._fail_queue(503, "The application is shutting down.")
+        workers = list(self.workers)
+        if workers:
+            await asyncio.gather(*(w.stop(timeout, "shutting down") for w in workers), return_exceptions=True)
+        self._set_state(AppState.STOPPED)
+
+    # ------------------------------------------------------------------ status
+
+    def snapshot(self) -> dict:
+        mono = time.monotonic()
+        return {
+            "name": self.name,
+            "type": self.app.type,
+            "state": self.state.value,
+            "hosts": list(self.app.hosts),
+            "path": self.app.path,
+            "root": self.app.root,
+            "concurrency": self.concurrency,
+            "min_processes": self.min,
+            "max_processes": self.max,
+            "queue": len(self.queue),
+            "requests": self.served,
+            "spawns": self.spawns,
+            "crashes": self.crashes,
+            "failed_starts": self.failed_starts,
+            "restarts": self.restarts,
+            "last_restart": {"reason": self.last_restart, "at": self.last_restart_at} if self.last_restart else None,
+            "last_error": str(self.last_failure.message) if self.last_failure else None,
+            "workers": [
+                {
+                    "id": w.id,
+                    "pid": w.pid,
+                    "state": w.state.value,
+                    "in_flight": w.in_flight,
+                    "requests": w.served,
+                    "uptime_s": round(mono - w.started_mono, 1),
+                    "idle_s": round(mono - w.last_used, 1) if not w.in_flight else 0.0,
+                    "rss_bytes": w.rss,
+                    "stop_reason": w.stop_reason or None,
+                }
+                for w in self.workers
+            ],
+        }
+
+
+def rss_of(pid: int | None, psutil) -> int:
+    """RSS of a worker and all its descendants, in bytes."""
+    if pid is None:
+        return 0
+    try:
+        p = psutil.Process(pid)
+        total = p.memory_info().rss
+        for c in p.children(recursive=True):
+            try:
+                total += c.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+    except psutil.Error:
+        return 0
+
+
+def _exit_text(w: Worker) -> str:
+    from .worker import describe_exit
+
+    return describe_exit(w.exit_code) or "unknown exit"

@@ -1,0 +1,125 @@
+"""All app pools, the global `max_pool_size`, and what the pools share (spawners, runtime folder,
+watchdog, printer). The proxy's only view of the manager is the pools this builds.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from pathlib import Path
+
+from passenger_lite.spawners.base import WorkerContext, WorkerSpec
+
+from .config import AppConfig, Site
+from .pool import AppPool
+from .states import WorkerState
+from .worker import Worker
+
+log = logging.getLogger("passenger_lite.manager")
+SWEEP_INTERVAL = 0.5
+
+
+class PoolSet:
+    def __init__(self, site: Site, registry, workers_dir: Path, watchdog, printer, users=None):
+        self.site = site
+        self.registry = registry
+        self.workers_dir = workers_dir
+        self.watchdog = watchdog
+        self.printer = printer
+        self.users = users            # manager.users.UserPolicy or None (run as ourselves)
+        self.loop = asyncio.get_running_loop()
+        self.pools: dict[str, AppPool] = {}
+        self._waiting: list[AppPool] = []  # pools that wanted a slot when max_pool_size was reached
+        self._sock_seq = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.observers: list = []          # callables(pool) on spawn/exit events (metrics)
+        for app in site.apps:
+            self.pools[app.name] = AppPool(app, registry.get(app.type), self)
+
+    # ------------------------------------------------------------------ workers
+
+    def new_worker(self, pool: AppPool, wid: int) -> Worker:
+        self._sock_seq += 1
+        sock = str(self.workers_dir / f"{self._sock_seq}.sock")
+        port = _free_port() if getattr(pool.spawner, "uses_port", False) else None
+        return Worker(pool, wid, sock, port)
+
+    def worker_spec(self, pool: AppPool, w: Worker) -> WorkerSpec:
+        ctx = WorkerContext(app=pool.app, socket=w.sock, port=w.port, environment=self.site.config.environment,
+                            worker_id=w.id)
+        return pool.spawner.worker_spec(ctx)
+
+    def user_for(self, app: AppConfig):
+        return self.users.for_app(app) if self.users is not None else None
+
+    def live_count(self) -> int:
+        return sum(1 for p in self.pools.values() for w in p.workers
+                   if w.state in (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING,
+                                  WorkerState.STOPPING))
+
+    def reserve_slot(self, pool: AppPool, surge: bool = False) -> bool:
+        """Room for one more worker under max_pool_size? When full, stop the longest-idle worker
+        of another app that has more than its min_processes (Passenger's behaviour) and say no
+        for now: the pool is told when a slot frees up."""
+        # rolling restarts and recycling may go one worker per app over the limit meanwhile
+        limit = self.site.config.max_pool_size + sum(p._surge for p in self.pools.values())
+        if self.live_count() < limit:
+            return True
+        victims = [w for p in self.pools.values() if p is not pool and len(p.live) > p.min
+                   for w in p.ready if not w.in_flight]
+        if victims:
+            v = min(victims, key=lambda w: w.last_used)
+            log.info("max_pool_size (%d) reached: stopping idle %s to make room for %s",
+                     self.site.config.max_pool_size, v.label, pool.name)
+            self.loop.create_task(v.stop(v.pool.shutdown_timeout, f"making room for {pool.name}"))
+        if pool not in self._waiting:
+            self._waiting.append(pool)
+        return False
+
+    def slot_freed(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for p in waiting:
+            if p.queue:
+                p._maybe_spawn()
+            elif p.min > len(p.live):
+                p.ensure_min()
+
+    # ------------------------------------------------------------------ start / stop
+
+    async def start(self, wait: float | None = None) -> None:
+        """Spawn every app's min_processes; with `wait`, return once each app has a ready worker,
+        has failed, or `wait` seconds have passed."""
+        for p in self.pools.values():
+            p.ensure_min()
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        if wait:
+            deadline = self.loop.time() + wait
+            while self.loop.time() < deadline:
+                if all(p.ready or p.min == 0 or p.last_failure is not None for p in self.pools.values()):
+                    return
+                await asyncio.sleep(0.02)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        mono = time.monotonic()
+        for p in list(self.pools.values()):
+            try:
+                p.sweep(now, mono)
+            except Exception:  # noqa: BLE001 - keep sweeping the other pools
+                log.exception("%s: periodic check failed", p.name)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    async def stop(self, timeout: float) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await asyncio.gather(*(p.stop(timeout) for p in self.pools.values()), return_exceptions=True)
+
+    def snapshot(self) -> list[dict]:
+        return [p.snapshot() for p in self.pools.values()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

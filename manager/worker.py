@@ -1,0 +1,273 @@
+"""One worker process: spawn, readiness probe, output capture, TERM -> KILL of its process group.
+
+The worker owns its state transitions (`set_state`), which the pool observes. Each worker runs
+in its own session and process group, so stopping it stops whatever it started too; the
+watchdog is told the group so that it can kill it if the front process itself is killed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .states import WORKER_TRANSITIONS, WorkerState, check_transition
+
+if TYPE_CHECKING:
+    from passenger_lite.spawners.base import WorkerSpec
+
+    from .pool import AppPool
+
+log = logging.getLogger("passenger_lite.manager")
+W = WorkerState
+OUTPUT_TAIL = 40
+PROBE = b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nUser-Agent: passenger-lite-probe\r\nConnection: close\r\n\r\n"
+
+
+@dataclass
+class StartFailure(Exception):
+    """Why a worker could not start: shown on the development error page and logged."""
+
+    app: str
+    step: str
+    message: str
+    command: str = ""
+    cwd: str = ""
+    exit: str = ""
+    output: str = ""
+    hints: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.app}: {self.step}: {self.message}"
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return ""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+HINTS = [
+    ("ModuleNotFoundError", "A module could not be imported: is the app's `python:` the interpreter of its "
+                            "virtualenv, and are its dependencies installed there?"),
+    ("ImportError", "An import failed: check the app's dependencies and its `entry:`."),
+    ("SyntaxError", "The app's code has a syntax error: see the file and line above."),
+    ("cannot load such file", "Ruby could not load a file or gem: is it installed (Debian: ruby-<gem>) and "
+                              "in the Gemfile?"),
+    ("Cannot find module", "Node could not find a module: run `npm install` in the app's folder."),
+    ("EADDRINUSE", "The app tried to listen on a port that is taken. passenger-lite gives every worker its "
+                   "own socket: listen on process.env.PORT, or let the preload take over listen()."),
+    ("Address already in use", "The app tried to listen on an address that is taken; it should use the "
+                               "socket or $PORT passenger-lite gives it."),
+    ("Permission denied", "A file or folder could not be read: check the owner and mode of the app's files."),
+]
+
+
+def hints_for(output: str) -> list[str]:
+    return [h for needle, h in HINTS if needle in output]
+
+
+class Worker:
+    def __init__(self, pool: "AppPool", wid: int, sock: str, port: int | None = None):
+        self.pool = pool
+        self.app = pool.name
+        self.id = wid
+        self.sock = sock
+        self.port = port
+        self.state = W.STARTING
+        self.proc: asyncio.subprocess.Process | None = None
+        self.pid: int | None = None
+        self.idle: list = []  # pooled keep-alive connections (proxy.forward.Upstream)
+        self.concurrency = pool.app.concurrency or 0
+        self.in_flight = 0
+        self.served = 0
+        self.spawned_at = time.time()
+        self.started_mono = time.monotonic()
+        self.ready_mono = 0.0
+        self.last_used = time.monotonic()
+        self.exit_code: int | None = None
+        self.stop_reason = ""
+        self.output: deque[str] = deque(maxlen=OUTPUT_TAIL)
+        self.rss = 0
+        self.mem_checked = 0.0
+        self.recycling = False
+        self._exit_task: asyncio.Task | None = None
+        self._readers: list[asyncio.Task] = []
+        self.command = ""
+        self.cwd = ""
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.app}#{self.id} pid={self.pid} {self.state.value}>"
+
+    @property
+    def label(self) -> str:
+        return f"{self.app}#{self.id}"
+
+    def set_state(self, new: WorkerState, why: str = "") -> None:
+        old = self.state
+        if old is new:
+            return
+        check_transition(f"worker {self.label}", WORKER_TRANSITIONS, old, new)
+        self.state = new
+        self.pool.on_worker_state(self, old, new, why)
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self, spec: "WorkerSpec", timeout: float, printer, watchdog, user=None) -> None:
+        """Spawn and wait until the socket answers. Raises StartFailure (the process is gone then)."""
+        self.command = shlex.join(spec.argv)
+        self.cwd = spec.cwd
+        kw = {}
+        if user is not None:
+            kw.update(user=user.uid, group=user.gid, extra_groups=user.groups)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *spec.argv, cwd=spec.cwd, env=spec.env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True, **kw)
+        except OSError as e:
+            raise StartFailure(self.app, "spawn", f"cannot run {spec.argv[0]}: {e.strerror or e}",
+                               command=self.command, cwd=spec.cwd,
+                               hints=["Check the interpreter path (`python:`, `ruby:`, `node:`) and the app's root."])
+        self.pid = self.proc.pid
+        watchdog.add(self.pid)
+        loop = asyncio.get_running_loop()
+        self._readers = [loop.create_task(self._read(self.proc.stdout, printer, "out")),
+                         loop.create_task(self._read(self.proc.stderr, printer, "err"))]
+        self._exit_task = loop.create_task(self._wait_exit(watchdog))
+        deadline = loop.time() + timeout
+        delay = 0.002
+        while True:
+            if self._exit_task.done():
+                await self._drain_output()
+                raise self._failure("start", f"the worker exited during start ({describe_exit(self.exit_code)})")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                await self.kill()
+                await self._drain_output()
+                raise self._failure("start", f"the worker did not answer on its socket within {timeout:g} s")
+            if await self._probe(min(remaining, 5.0)):
+                break
+            await asyncio.wait([self._exit_task], timeout=min(delay, max(remaining, 0.001)))
+            delay = min(delay * 1.6, 0.1)
+        if self.state is not W.STARTING:  # stopped while starting (shutdown, restart)
+            raise self._failure("start", "the worker was stopped before it became ready")
+        self.ready_mono = time.monotonic()
+        self.last_used = self.ready_mono
+        self.set_state(W.READY)
+
+    async def _probe(self, timeout: float) -> bool:
+        """True when the worker answers an HTTP request on its address (any status)."""
+        try:
+            if self.port is not None:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            else:
+                reader, writer = await asyncio.open_unix_connection(self.sock)
+        except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, OSError):
+            return False
+        try:
+            writer.write(PROBE)
+            async with asyncio.timeout(timeout):
+                line = await reader.readline()
+            return line.startswith(b"HTTP/")
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            return False
+        finally:
+            writer.close()
+
+    def _failure(self, step: str, message: str) -> StartFailure:
+        out = "\n".join(self.output)
+        return StartFailure(self.app, step, message, command=self.command, cwd=self.cwd,
+                            exit=describe_exit(self.exit_code), output=out, hints=hints_for(out))
+
+    # ------------------------------------------------------------------ output and exit
+
+    async def _read(self, stream: asyncio.StreamReader, printer, kind: str) -> None:
+        while True:
+            try:
+                line = await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as e:
+                line = e.partial
+                if not line:
+                    return
+            except asyncio.LimitOverrunError as e:
+                line = await stream.read(e.consumed)  # an over-long line: emit it in pieces
+            except (OSError, ValueError):
+                return
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            self.output.append(text)
+            printer.worker_line(self, text, kind)
+
+    async def _drain_output(self) -> None:
+        if self._readers:
+            await asyncio.wait(self._readers, timeout=1.0)
+
+    async def _wait_exit(self, watchdog) -> None:
+        code = await self.proc.wait()
+        self.exit_code = code
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # whatever the worker started goes with it
+        except (ProcessLookupError, PermissionError):
+            pass
+        watchdog.remove(self.pid)
+        for conn in self.idle:
+            if conn.transport is not None:
+                conn.transport.close()
+        self.idle.clear()
+        await self._drain_output()
+        self.pool.on_worker_exit(self)
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self, timeout: float, reason: str = "") -> None:
+        """TERM to the process group; KILL after `timeout`. Returns when the process is gone."""
+        if self.state in (W.STOPPED, W.FAILED):
+            return
+        if reason:
+            self.stop_reason = reason
+        if self.state is not W.STOPPING:
+            self.set_state(W.STOPPING, reason)
+        for conn in self.idle:
+            if conn.transport is not None:
+                conn.transport.close()
+        self.idle.clear()
+        if self._exit_task is None:
+            return
+        self._signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._exit_task), timeout)
+        except TimeoutError:
+            log.warning("%s (pid %s) did not stop within %g s: killing it", self.label, self.pid, timeout)
+            self._signal(signal.SIGKILL)
+            await asyncio.shield(self._exit_task)
+
+    async def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        if self._exit_task is not None:
+            await asyncio.shield(self._exit_task)
+
+    def _signal(self, sig: int) -> None:
+        if self.pid is None or self.exit_code is not None:
+            return
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    @property
+    def alive(self) -> bool:
+        return self.exit_code is None and self.pid is not None

@@ -1,0 +1,471 @@
+"""One exchange through the proxy: request to a worker, response back to the client.
+
+The hot path is callbacks, not coroutines: a request without a body (or with a small one already
+received) is routed, given a worker and written to a pooled keep-alive connection inside one
+`data_received` call; the worker's response is parsed by llhttp (httptools) and each piece is
+written to the client from the parser's callbacks. Tasks are only created for the slow cases:
+opening a new connection to a worker, and streaming a request body.
+
+Backpressure: while the client's transport is above its high-water mark the worker connection
+stops reading (and the other way round for request bodies, through `drain`). If a worker dies
+or breaks its framing after the response has begun, the client connection is aborted: a
+truncated body is never finished as if it were whole.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import httptools
+
+from .headers import RESPONSE_DROP
+
+if TYPE_CHECKING:
+    from .front import FrontProtocol
+
+_NO_BODY_STATUS = frozenset({204, 304})
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Unknown")
+        if len(_STATUS_LINES) < 512:
+            _STATUS_LINES[key] = line
+    return line
+
+
+class Unavailable(Exception):
+    """No worker can take this request: 503 (queue full, app failed) or 504 (waited too long)."""
+
+    def __init__(self, status: int, message: str, problem=None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.problem = problem
+
+
+class Exchange:
+    """One request and its response. Also the pool's waiter while queued for a worker."""
+
+    __slots__ = (
+        "front", "pool", "msg", "method", "target", "host_header", "request_id",
+        "body", "payload", "stream_body", "up_chunked", "ws",
+        "worker", "conn", "status", "resp_started", "resp_bytes", "finished", "req_done",
+        "queue_deadline", "response_deadline", "t0", "t_worker", "t_response", "retried",
+        "body_task", "app_name",
+    )
+
+    def __init__(self, front: "FrontProtocol", pool, msg, target: str, host_header: str):
+        self.front = front
+        self.pool = pool
+        self.app_name = pool.name
+        self.msg = msg
+        self.method = msg.method
+        self.target = target
+        self.host_header = host_header
+        self.request_id = ""
+        self.body: bytes | None = None      # complete body to send with the head
+        self.payload = None                 # StreamReader still to stream after the head
+        self.stream_body = False
+        self.up_chunked = False
+        self.ws = False
+        self.worker = None
+        self.conn: Upstream | None = None
+        self.status = 0
+        self.resp_started = False
+        self.resp_bytes = 0
+        self.finished = False
+        self.req_done = True
+        self.queue_deadline = 0.0
+        self.response_deadline = 0.0
+        self.t0 = front.loop.time()
+        self.t_worker = 0.0
+        self.t_response = 0.0
+        self.retried = False
+        self.body_task = None
+
+    # ------------------------------------------------------------------ getting a worker
+
+    def dispatch(self) -> None:
+        try:
+            worker = self.pool.acquire(self)
+        except Unavailable as u:
+            self.front.error(self, u.status, u.message, problem=u.problem)
+            return
+        if worker is not None:
+            self.on_worker(worker)
+
+    def on_worker(self, worker) -> None:
+        """Called by the pool, now or when a queued request gets its turn."""
+        if self.finished:  # the client left while we waited; give the slot back
+            self.pool.release(worker)
+            return
+        self.worker = worker
+        self.t_worker = self.front.loop.time()
+        idle = worker.idle
+        if idle:
+            idle.pop().send(self)
+        else:
+            self.front.loop.create_task(self._connect(worker))
+
+    def on_unavailable(self, status: int, message: str, problem=None) -> None:
+        """Called by the pool for a queued request it cannot serve (504 after queue_timeout...)."""
+        if not self.finished:
+            self.front.error(self, status, message, problem=problem)
+
+    async def _connect(self, worker) -> None:
+        loop = self.front.loop
+        try:
+            _, conn = await loop.create_unix_connection(lambda: Upstream(worker, self.pool), worker.sock)
+        except OSError as e:
+            self.worker = None
+            self.pool.release(worker, failed=True, reason=f"cannot connect to its socket: {e.strerror or e}")
+            if self.finished:
+                return
+            if not self.retried:  # nothing was sent: another worker may take it
+                self.retried = True
+                self.dispatch()
+            else:
+                self.front.error(self, 502, "The application's worker could not be reached.")
+            return
+        if self.finished:
+            conn.transport.close()
+            self.pool.release(worker)
+            return
+        conn.send(self)
+
+    # ------------------------------------------------------------------ the request
+
+    def build_head(self) -> bytes:
+        return self.front.request_head(self)
+
+    async def pump_body(self, conn: "Upstream") -> None:
+        """Stream the rest of the request body to the worker, with backpressure both ways."""
+        front = self.front
+        payload = self.payload
+        t = conn.transport
+        chunked = self.up_chunked
+        limit = front.proxy.max_body
+        sent = len(self.body or b"")
+        timeout = front.proxy.client_body_timeout
+        try:
+            while True:
+                async with asyncio.timeout(timeout):
+                    chunk = await payload.readany()
+                if not chunk:
+                    break
+                sent += len(chunk)
+                if sent > limit:
+                    self._body_failed(413, "The request body is larger than this server accepts.")
+                    return
+                if self.finished or conn.transport is None:
+                    return
+                if chunked:
+                    t.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                else:
+                    t.write(chunk)
+                if conn.write_paused:
+                    await conn.drain()
+            if chunked and conn.transport is not None:
+                t.write(b"0\r\n\r\n")
+            self.req_done = True
+            if self.finished and conn.reusable_after_body:
+                conn.give_back()
+        except TimeoutError:
+            self._body_failed(408, "The request body took too long to arrive.")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # client went away or sent a broken body: the worker must not see more
+            self._body_failed(400, "The request body was cut short or malformed.")
+        finally:
+            self.body_task = None
+
+    def _body_failed(self, status: int, message: str) -> None:
+        conn = self.conn
+        if conn is not None and conn.transport is not None:
+            conn.ex = None
+            conn.transport.abort()
+        if not self.finished:
+            if self.resp_started:
+                self.front.abort(self)
+            else:
+                self.front.error(self, status, message, close=True)
+
+    # ------------------------------------------------------------------ the end
+
+    def release_worker(self, failed: bool = False, reason: str = "") -> None:
+        w = self.worker
+        if w is not None:
+            self.worker = None
+            self.pool.release(w, failed=failed, reason=reason)
+
+
+class Upstream(asyncio.Protocol):
+    """A keep-alive connection to one worker's socket; idle ones wait in `worker.idle`."""
+
+    __slots__ = (
+        "worker", "pool", "transport", "parser", "ex", "reason", "hdrs", "cl", "bad", "interim",
+        "rechunk", "until_close", "keep", "write_paused", "drain_waiter", "paused_for_front",
+        "tunnel", "reusable_after_body", "te_chunked",
+    )
+
+    def __init__(self, worker, pool):
+        self.worker = worker
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.ex: Exchange | None = None
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future | None = None
+        self.paused_for_front = False
+        self.tunnel = None
+        self.reusable_after_body = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.reason = b""
+        self.hdrs: list[bytes] = []
+        self.cl: bytes | None = None
+        self.bad: str | None = None
+        self.interim = False
+        self.rechunk = False
+        self.until_close = False
+        self.te_chunked = False
+        self.keep = True
+
+    # ------------------------------------------------------------------ asyncio
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        w = self.drain_waiter
+        if w is not None:
+            self.drain_waiter = None
+            if not w.done():
+                w.set_result(None)
+        if self.tunnel is not None:
+            self.tunnel.resume_from_peer()
+
+    async def drain(self) -> None:
+        if self.write_paused and self.transport is not None:
+            w = self.drain_waiter = asyncio.get_running_loop().create_future()
+            await w
+
+    def send(self, ex: Exchange) -> None:
+        """Write the request head (and a body we already hold) and wait for the response."""
+        self.ex = ex
+        ex.conn = self
+        self._reset()
+        front = ex.front
+        ex.response_deadline = front.loop.time() + ex.pool.response_timeout
+        head = ex.build_head()
+        if ex.body:
+            self.transport.write(head + (b"%x\r\n%s\r\n" % (len(ex.body), ex.body) if ex.up_chunked else ex.body))
+        else:
+            self.transport.write(head)
+        if ex.stream_body:
+            ex.req_done = False
+            ex.body_task = front.loop.create_task(ex.pump_body(self))
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_peer(data)
+            return
+        if self.ex is None:  # bytes nobody asked for: this connection cannot be trusted any more
+            self.transport.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgraded(data[e.args[0]:])
+        except httptools.HttpParserError as e:
+            self._broken(f"invalid response: {e}")
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        w = self.drain_waiter
+        if w is not None and not w.done():
+            w.set_exception(ConnectionError("worker connection lost"))
+        if self.tunnel is not None:
+            self.tunnel.peer_lost()
+            return
+        try:
+            self.worker.idle.remove(self)
+        except ValueError:
+            pass
+        ex = self.ex
+        if ex is None or ex.finished:
+            return
+        self.ex = None
+        if ex.resp_started and self.until_close and not self.bad:
+            self._complete(ex)  # a close-delimited body ends with the connection
+            return
+        self._fail(ex, "the worker closed the connection" + (f" ({exc})" if exc else ""))
+
+    # ------------------------------------------------------------------ llhttp callbacks
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ln = name.lower()
+        if ln in RESPONSE_DROP:
+            if ln == b"content-length":
+                self.cl = value
+            elif ln == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    self.bad = f"unsupported Transfer-Encoding {value[:40]!r}"
+                self.te_chunked = True
+            elif ln == b"connection":
+                if b"close" in value.lower():
+                    self.keep = False
+            elif ln == b"upgrade" and self.ex is not None and self.ex.ws:
+                self.hdrs.append(b"Upgrade: %s\r\n" % value)
+            return
+        self.hdrs.append(b"%s: %s\r\n" % (name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        if ex is None:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:
+            # 100 / 103 are skipped, never taken as the final response; 101 ends in _upgraded
+            self.interim = True
+            return
+        if self.bad:
+            self._broken(self.bad)
+            return
+        front = ex.front
+        ex.status = status
+        ex.resp_started = True
+        ex.t_response = front.loop.time()
+        self.keep = self.keep and self.parser.should_keep_alive()
+        parts = [_status_line(status, self.reason)]
+        parts += self.hdrs
+        if self.cl is not None:
+            parts.append(b"Content-Length: %s\r\n" % self.cl)
+        elif status not in _NO_BODY_STATUS and ex.method != "HEAD":
+            if not self.te_chunked:  # close-delimited: ends when the worker closes
+                self.until_close = True
+                self.keep = False
+            if front.http11:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+                self.rechunk = True
+            else:
+                front.keep_alive = False
+        front.write_head(parts)
+        if ex.method == "HEAD":
+            # llhttp would wait for the body a Content-Length announces: end here, do not reuse
+            self.ex = None
+            self.keep = False
+            self.transport.close()
+            self._complete(ex)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.ex
+        if ex is None or self.interim:
+            return
+        ex.resp_bytes += len(body)
+        front = ex.front
+        t = front.transport
+        if t is None:
+            return
+        if self.rechunk:
+            t.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
+        else:
+            t.write(body)
+        if front.write_paused and not self.paused_for_front:
+            self.paused_for_front = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        ex = self.ex
+        if ex is None or self.bad:
+            return
+        if self.interim:
+            if self.parser.get_status_code() != 101:
+                self._reset()
+            return
+        self.ex = None
+        self.reusable_after_body = self.keep
+        self._complete(ex)
+        if not self.keep:
+            if self.transport is not None:
+                self.transport.close()
+        elif ex.req_done:
+            self.give_back()
+        # else: the body pump gives the connection back once the rest of the body is sent
+
+    def give_back(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.worker.idle.append(self)
+
+    def _complete(self, ex: Exchange) -> None:
+        if self.rechunk and ex.front.transport is not None and ex.method != "HEAD":
+            ex.front.transport.write(b"0\r\n\r\n")
+        if not ex.req_done:
+            # the worker answered before reading the whole body: the connection cannot be reused
+            self.keep = False
+            ex.front.keep_alive = False
+            if ex.body_task is not None:
+                ex.body_task.cancel()
+        ex.release_worker()
+        ex.front.finish(ex)
+
+    def resume_for_front(self) -> None:
+        if self.paused_for_front:
+            self.paused_for_front = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ failures
+
+    def _broken(self, why: str) -> None:
+        ex = self.ex
+        self.ex = None
+        if self.transport is not None:
+            self.transport.abort()
+        if ex is not None and not ex.finished:
+            self._fail(ex, self.bad or why)
+
+    def _fail(self, ex: Exchange, why: str) -> None:
+        if ex.body_task is not None:
+            ex.body_task.cancel()
+        if ex.resp_started:
+            ex.release_worker()
+            ex.front.abort(ex)
+            return
+        ex.release_worker(failed=False, reason=why)
+        ex.front.error(ex, 502, "The application failed while handling this request.", detail=why)
+
+    def _upgraded(self, rest: bytes) -> None:
+        ex = self.ex
+        if ex is None:
+            self.transport.abort()
+            return
+        if not ex.ws or self.parser.get_status_code() != 101:
+            # a 101 the client did not ask for: never tunnelled, and this connection is not reused
+            self.bad = "the worker switched protocols without being asked to"
+            self._broken(self.bad)
+            return
+        self.ex = None
+        front = ex.front
+        ex.status = 101
+        ex.resp_started = True
+        ex.t_response = front.loop.time()
+        parts = [_status_line(101, self.reason or b"Switching Protocols"), b"Connection: Upgrade\r\n"]
+        parts += self.hdrs
+        front.write_head(parts)
+        front.start_tunnel(ex, self, rest)

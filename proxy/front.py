@@ -1,0 +1,528 @@
+"""The client side of the proxy: one asyncio protocol per client connection.
+
+Requests are parsed by aiohttp's C parser (llhttp) used directly, without aiohttp's web server
+objects: the server costs about 2.5 times the parser alone per request on this machine. The
+rules a front door needs (RFC 9110/9112 and what nginx learned) are applied here before any
+worker sees the request: Host and target checks, hop-by-hop and Connection-named headers
+removed, underscore header names dropped, X-Forwarded-* set from what we saw ourselves.
+
+Pipelined requests are answered in order: one exchange at a time per connection.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from aiohttp import http_exceptions
+from aiohttp._http_parser import HttpRequestParser
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_parser import HttpVersion10, HttpVersion11
+from aiohttp.streams import EMPTY_PAYLOAD
+
+from .forward import Exchange
+from .tunnel import Tunnel
+from .headers import FORWARDING, REQUEST_DROP, BadTarget, canonical_path, connection_tokens, normalise_host
+
+if TYPE_CHECKING:
+    from .server import Listener, Proxy
+
+_READ_LIMIT = 2 ** 16          # StreamReader buffering of request bodies (high water: 2x)
+_BUFFER_BODY = 64 * 1024       # bodies up to this size are read fully before a worker is taken
+_PIPELINE_MAX = 32             # parsed requests waiting their turn before we stop reading
+_CLOSE = b"Connection: close\r\n\r\n"
+_KEEP = b"\r\n"
+_KEEP10 = b"Connection: keep-alive\r\n\r\n"
+
+
+class FrontProtocol(BaseProtocol):
+    def __init__(self, proxy: "Proxy", listener: "Listener"):
+        super().__init__(proxy.loop)
+        self.loop = proxy.loop
+        self.proxy = proxy
+        self.listener = listener
+        self._parser = HttpRequestParser(
+            self, self.loop, _READ_LIMIT, max_line_size=proxy.max_header_size,
+            max_field_size=proxy.max_header_size, max_headers=proxy.max_headers, auto_decompress=False)
+        self.pending: deque = deque()
+        self.ex: Exchange | None = None
+        self.keep_alive = True
+        self.http11 = True
+        self.closing = False
+        self.in_next = False
+        self.partial_since = 0.0
+        self.idle_since = 0.0
+        self.peer_ip = ""
+        self.trusted = False
+        self.fwd = b""
+        self.tunnel = None
+        self.ws_tail = b""
+        self.requests = 0
+
+    # ------------------------------------------------------------------ connection
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        lst = self.listener
+        lst.count += 1
+        self.proxy.connections.add(self)
+        self.idle_since = self.loop.time()
+        if lst.count > self.proxy.max_connections:
+            self.keep_alive = False
+            self._send_error(503, "This server has too many open connections.")
+            return
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if isinstance(peer, tuple) and peer else "127.0.0.1"
+        self.trusted = self.proxy.is_trusted(self.peer_ip)
+        ip = self.peer_ip.encode()
+        self.fwd = b"X-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\nX-Real-IP: %s\r\n" % (
+            lst.scheme.encode(), lst.port, ip)
+
+    def connection_lost(self, exc) -> None:
+        super().connection_lost(exc)
+        self.listener.count -= 1
+        self.proxy.connections.discard(self)
+        self.closing = True
+        if self.tunnel is not None:
+            self.tunnel.front_lost()
+        ex = self.ex
+        if ex is not None and not ex.finished:
+            self._abandon(ex)
+        for _, payload in self.pending:
+            payload.feed_eof()
+        self.pending.clear()
+        try:
+            self._parser.feed_eof()
+        except Exception:  # noqa: BLE001 - a half-sent request on a closed connection: nothing to answer
+            pass
+
+    def _abandon(self, ex: Exchange) -> None:
+        """The client went away: stop the exchange and give the worker back."""
+        ex.finished = True
+        self.ex = None
+        if ex.body_task is not None:
+            ex.body_task.cancel()
+        conn = ex.conn
+        if conn is not None:
+            conn.ex = None
+            if conn.transport is not None:
+                conn.transport.abort()  # the worker's answer has nowhere to go
+            ex.release_worker()
+        elif ex.worker is None:
+            ex.pool.cancel(ex)
+        self.proxy.observe(ex, 499)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        ex = self.ex
+        if ex is not None and ex.conn is not None:
+            ex.conn.resume_for_front()
+        if self.tunnel is not None:
+            self.tunnel.resume_from_front()
+
+    @property
+    def write_paused(self) -> bool:
+        return self._paused
+
+    # ------------------------------------------------------------------ reading requests
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_front(data)
+            return
+        if self.closing:
+            return
+        if self._upgraded:  # waiting for the worker's 101: keep what the client sends early
+            self.ws_tail += data
+            return
+        fresh = not self.partial_since
+        try:
+            messages, upgraded, tail = self._parser.feed_data(data)
+        except http_exceptions.HttpProcessingError as e:
+            self._parse_error(e)
+            return
+        if messages:
+            self.partial_since = 0.0
+            self.pending.extend(messages)
+            if upgraded:
+                self._upgraded = True
+                self.ws_tail = tail
+            self._next()
+            if len(self.pending) > _PIPELINE_MAX and self.transport is not None:
+                self.transport.pause_reading()
+        elif fresh and data:
+            self.partial_since = self.loop.time()
+            self._check_request_line(data)
+
+    def _check_request_line(self, data: bytes) -> None:
+        """A request line llhttp would wait on forever (HTTP/0.9 has no version): answer now."""
+        nl = data.find(b"\n")
+        if nl < 0:
+            return
+        line = data[:nl].rstrip(b"\r")
+        _, sep, version = line.rpartition(b" HTTP/")
+        if not sep:
+            self._send_error(400, "HTTP/0.9 requests are not supported.")
+        elif version[:1].isdigit() and version[:1] != b"1":
+            self._send_error(505, "")
+
+    def _parse_error(self, e: http_exceptions.HttpProcessingError) -> None:
+        text = str(e)
+        status = 400
+        if isinstance(e, http_exceptions.LineTooLong):
+            status = 414 if isinstance(e.args[0], bytearray) else 431
+        elif "Too many headers" in text:
+            status = 431
+        elif "Transfer-Encoding" in text and "Content-Length" not in text:
+            status = 501
+        elif "HTTP/2" in text or "PRI" in text:
+            status = 505
+        self.proxy.log_bad_request(self.peer_ip, status, text.splitlines()[0] if text else "")
+        self._send_error(status, "")
+
+    def _next(self) -> None:
+        """Start queued requests one at a time; those that end at once let the next one start."""
+        if self.in_next:
+            return
+        self.in_next = True
+        try:
+            while self.ex is None and self.pending and not self.closing:
+                msg, payload = self.pending.popleft()
+                self._start(msg, payload)
+        finally:
+            self.in_next = False
+        if self.ex is None and not self.pending:
+            self.idle_since = self.loop.time()
+            if self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def _start(self, msg, payload) -> None:
+        self.requests += 1
+        proxy = self.proxy
+        version = msg.version
+        if version is not HttpVersion11 and version != HttpVersion11:
+            if version == HttpVersion10:
+                self.http11 = False
+                if msg.should_close:
+                    self.keep_alive = False
+            elif version.major == 1:
+                pass  # 1.2+: answered as 1.1 (RFC 9110 2.5)
+            else:
+                self._send_error(505 if version.major >= 2 else 400, "")
+                return
+        elif msg.should_close:
+            self.keep_alive = False
+        headers = msg.headers
+        if msg.chunked:
+            if not self.http11:
+                self._send_error(400, "Chunked bodies need HTTP/1.1.")
+                return
+            if headers.get("Transfer-Encoding", "").strip().lower() != "chunked":
+                self._send_error(501, "Only Transfer-Encoding: chunked is supported.")
+                return
+        host_header = headers.get("Host", "")
+        host = proxy.host_cache.get(host_header)
+        if host is None:
+            try:
+                host = normalise_host(host_header)
+            except BadTarget as e:
+                self._bad(str(e))
+                return
+            proxy.remember_host(host_header, host)
+        target = msg.path
+        if target[:1] != "/":
+            if target == "*" and msg.method == "OPTIONS":
+                self._send_simple(200, b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n")
+                return
+            url = msg.url
+            try:
+                auth = normalise_host(url.raw_authority or "")
+            except BadTarget as e:
+                self._bad(str(e))
+                return
+            if host_header and auth != host:
+                self._bad("the absolute request target names another host than Host")
+                return
+            if not host_header:
+                host, host_header = auth, url.raw_authority
+            target = url.raw_path_qs or "/"
+        path, q, query = target.partition("?")
+        if "%" in path or "/." in path:
+            try:
+                path = canonical_path(path)
+            except BadTarget as e:
+                self._bad(str(e))
+                return
+            target = path + q + query
+        mount = proxy.router.route(host, path)
+        if mount is None:
+            self._send_error(404, "")
+            return
+        pool = mount.target
+        ex = self.ex = Exchange(self, pool, msg, target, host_header)
+        if pool.redirect_https and self.listener.scheme == "http" and proxy.https_port:
+            self._redirect_https(ex, host)
+            return
+        if msg.upgrade:
+            if not self._check_upgrade(ex, headers):
+                return
+        if payload is EMPTY_PAYLOAD:
+            if msg.method not in ("GET", "HEAD") and "Content-Length" in headers:
+                ex.body = b""
+            ex.dispatch()
+            return
+        cl = headers.get("Content-Length")
+        if cl is not None and int(cl) > proxy.max_body:
+            self.error(ex, 413, "", close=True)
+            return
+        if payload.is_eof():
+            ex.body = payload.read_nowait(-1)
+            ex.dispatch()
+            return
+        if headers.get("Expect", "").lower() == "100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        ex.payload = payload
+        ex.body_task = self.loop.create_task(self._buffer_then_dispatch(ex, cl is None))
+
+    def _check_upgrade(self, ex: Exchange, headers) -> bool:
+        up = headers.get("Upgrade", "").strip().lower()
+        if up != "websocket":
+            return True  # h2c and friends are never tunnelled: the Upgrade header is dropped
+        if ex.method != "GET" or "Sec-WebSocket-Key" not in headers:
+            self.error(ex, 400, "A WebSocket handshake needs GET and Sec-WebSocket-Key.", close=True)
+            return False
+        ex.ws = True
+        return True
+
+    async def _buffer_then_dispatch(self, ex: Exchange, chunked: bool) -> None:
+        """Read a small body before taking a worker, so a slow client never holds one;
+        past _BUFFER_BODY, take a worker and stream the rest."""
+        payload = ex.payload
+        parts: list[bytes] = []
+        size = 0
+        limit = self.proxy.max_body
+        try:
+            while True:
+                async with asyncio.timeout(self.proxy.client_body_timeout):
+                    chunk = await payload.readany()
+                if not chunk:
+                    ex.body = b"".join(parts)
+                    ex.payload = None
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    self.error(ex, 413, "", close=True)
+                    return
+                if size > _BUFFER_BODY:
+                    ex.body = b"".join(parts)
+                    ex.stream_body = True
+                    ex.up_chunked = chunked
+                    break
+        except TimeoutError:
+            self.error(ex, 408, "", close=True)
+            return
+        except asyncio.CancelledError:
+            return
+        except Exception:  # noqa: BLE001 - the client sent a broken body or went away
+            if not ex.finished:
+                self.error(ex, 400, "The request body was cut short or malformed.", close=True)
+            return
+        finally:
+            ex.body_task = None
+        if not ex.finished:
+            ex.dispatch()
+
+    # ------------------------------------------------------------------ the request to the worker
+
+    def request_head(self, ex: Exchange) -> bytes:
+        msg = ex.msg
+        parts = [b"%s %s HTTP/1.1\r\n" % (ex.method.encode(), ex.target.encode("utf-8", "surrogateescape"))]
+        drop = REQUEST_DROP
+        conn_named = None
+        if "Connection" in msg.headers:
+            conn_named = connection_tokens([v.encode("latin-1") for v in msg.headers.getall("Connection")])
+        trusted = self.trusted
+        rid = None
+        xff = None
+        for name, value in msg.raw_headers:
+            ln = name.lower()
+            if ln in drop:
+                if trusted and ln in FORWARDING:
+                    if ln == b"x-forwarded-for":
+                        xff = value if xff is None else xff + b", " + value
+                    else:
+                        parts.append(b"%s: %s\r\n" % (name, value))
+                continue
+            if b"_" in name or (conn_named is not None and ln in conn_named):
+                continue
+            if ln == b"x-request-id":
+                if rid is not None or len(value) > 200:
+                    continue
+                rid = value
+            parts.append(b"%s: %s\r\n" % (name, value))
+        if rid is None:
+            ex.request_id = self.proxy.next_request_id()
+            parts.append(b"X-Request-Id: %s\r\n" % ex.request_id.encode())
+        else:
+            ex.request_id = rid.decode("latin-1")
+        ip = self.peer_ip.encode()
+        parts.append(b"Host: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\n" % (
+            ex.host_header.encode("latin-1"), ex.host_header.encode("latin-1"),
+            ip if xff is None else xff + b", " + ip))
+        if not trusted:
+            parts.append(self.fwd)
+        if ex.ws:
+            parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+        if ex.stream_body:
+            if ex.up_chunked:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                parts.append(b"Content-Length: %s\r\n" % msg.headers["Content-Length"].encode())
+        elif ex.body is not None:
+            parts.append(b"Content-Length: %d\r\n" % len(ex.body))
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    # ------------------------------------------------------------------ writing responses
+
+    def write_head(self, parts: list) -> None:
+        t = self.transport
+        if t is None:
+            return
+        if not self.keep_alive or self.proxy.stopping:
+            self.keep_alive = False
+            parts.append(_CLOSE)
+        elif not self.http11:
+            parts.append(_KEEP10)
+        else:
+            parts.append(_KEEP)
+        t.write(b"".join(parts))
+
+    def finish(self, ex: Exchange) -> None:
+        """The response to `ex` has been written completely."""
+        ex.finished = True
+        self.proxy.observe(ex, ex.status)
+        if self.ex is ex:
+            self.ex = None
+        if not self.keep_alive or self._upgraded:
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._next()
+
+    def abort(self, ex: Exchange) -> None:
+        """The response began but cannot be completed: cut the connection, never fake an end."""
+        ex.finished = True
+        self.proxy.observe(ex, ex.status or 502, aborted=True)
+        if self.ex is ex:
+            self.ex = None
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def error(self, ex: Exchange, status: int, message: str, *, problem=None, detail: str = "",
+              close: bool = False) -> None:
+        """Answer `ex` with an error page (its response has not begun)."""
+        if ex.finished:
+            return
+        if ex.body_task is not None and ex.body_task is not asyncio.current_task():
+            ex.body_task.cancel()
+        if close or not ex.req_done or (ex.payload is not None and not ex.payload.is_eof()):
+            self.keep_alive = False  # unread body bytes would be taken for the next request
+        ex.status = status
+        if not ex.request_id:
+            ex.request_id = self.proxy.next_request_id()
+        if detail:
+            self.proxy.log_upstream_error(ex, status, detail)
+        body = self.proxy.pages.render(status, ex.request_id, message=message or None, problem=problem,
+                                       custom=ex.pool.error_page)
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, self.proxy.pages.reason(status).encode()),
+                b"Content-Type: text/html; charset=utf-8\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n"
+                % (len(body), ex.request_id.encode()),
+                b"Cache-Control: no-store\r\n"]
+        if status == 503:
+            head.append(b"Retry-After: 5\r\n")
+        self.write_head(head)
+        if ex.method != "HEAD" and self.transport is not None:
+            self.transport.write(body)
+        self.finish(ex)
+
+    def _bad(self, why: str) -> None:
+        self.proxy.log_bad_request(self.peer_ip, 400, why)
+        self._send_error(400, "")
+
+    def _send_error(self, status: int, message: str) -> None:
+        """An error before an exchange exists (parse errors, bad Host...): answer and close."""
+        self.keep_alive = False
+        self.closing = True
+        t = self.transport
+        if t is None:
+            return
+        rid = self.proxy.next_request_id()
+        body = self.proxy.pages.render(status, rid, message=message or None)
+        t.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: %d\r\n"
+                b"X-Request-Id: %s\r\nConnection: close\r\n\r\n%s"
+                % (status, self.proxy.pages.reason(status).encode(), len(body), rid.encode(), body))
+        self.proxy.observe_early(status)
+        t.close()
+
+    def _send_simple(self, status: int, extra: bytes) -> None:
+        self.write_head([b"HTTP/1.1 %d OK\r\n" % status, extra, b"Content-Length: 0\r\n"])
+        if not self.keep_alive and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    def _redirect_https(self, ex: Exchange, host: str) -> None:
+        port = self.proxy.https_port
+        loc = "https://" + host + ("" if port == 443 else f":{port}") + ex.target
+        ex.status = 301
+        self.write_head([b"HTTP/1.1 301 Moved Permanently\r\n",
+                         b"Location: %s\r\nContent-Length: 0\r\n" % loc.encode("utf-8", "surrogateescape")])
+        self.finish(ex)
+
+    # ------------------------------------------------------------------ WebSocket tunnels
+
+    def start_tunnel(self, ex: Exchange, upstream, rest: bytes) -> None:
+        Tunnel(self.proxy, self, ex, upstream, rest)
+
+    def finish_tunnel(self, ex: Exchange) -> None:
+        ex.finished = True
+        self.proxy.observe(ex, 101)
+        if self.ex is ex:
+            self.ex = None
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # ------------------------------------------------------------------ timeouts (Proxy.sweep)
+
+    def sweep(self, now: float) -> None:
+        proxy = self.proxy
+        ex = self.ex
+        if self.tunnel is not None:
+            self.tunnel.sweep(now)
+            return
+        if ex is not None:
+            if ex.conn is not None and not ex.resp_started and now > ex.response_deadline:
+                conn = ex.conn
+                conn.ex = None
+                if conn.transport is not None:
+                    conn.transport.abort()
+                ex.release_worker()
+                self.error(ex, 504, "", detail=f"no response within {ex.pool.response_timeout:g} s",
+                           close=not ex.req_done)
+            return
+        if self.pending or self.closing:
+            return
+        if self.partial_since:
+            if now - self.partial_since > proxy.client_header_timeout:
+                self._send_error(408, "")
+        elif now - self.idle_since > proxy.keepalive_timeout:
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()

@@ -1,0 +1,105 @@
+"""Host and path normalisation, and the header names the proxy never forwards as they came.
+
+Pure functions, no I/O; the hot path calls `canonical_path` and `normalise_host` only when the
+cheap checks in front.py see something unusual (a '%', a dot segment, an unseen Host value).
+"""
+from __future__ import annotations
+
+import re
+
+# Hop-by-hop headers (RFC 9110 7.6.1) plus the ones we set ourselves: never forwarded as sent.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+})
+# Set by the proxy from what it saw itself; client values are dropped unless the peer is trusted.
+FORWARDING = frozenset({
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+    b"x-real-ip", b"forwarded",
+})
+# Request headers the proxy handles itself.
+REQUEST_DROP = HOP_BY_HOP | FORWARDING | frozenset({b"expect", b"content-length", b"host"})
+# Response headers the proxy re-frames or must not pass on.
+RESPONSE_DROP = HOP_BY_HOP | frozenset({b"content-length"})
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+class BadTarget(ValueError):
+    """The request target cannot be routed safely (400)."""
+
+
+def canonical_path(path: str) -> str:
+    """The one form we route on: unreserved percent-escapes decoded (so %2e%2e is '..'),
+    other escapes kept with upper-case hex (%2F stays an encoded slash), dot segments removed.
+
+    Raises BadTarget for a broken escape (`/foo%`, `%zz`) or a path not starting with '/'.
+    """
+    if not path.startswith("/"):
+        raise BadTarget("the path must start with /")
+    if "%" in path:
+        out = []
+        i, n = 0, len(path)
+        while i < n:
+            c = path[i]
+            if c == "%":
+                h = path[i + 1:i + 3]
+                if len(h) != 2 or h[0] not in _HEX or h[1] not in _HEX:
+                    raise BadTarget(f"broken percent-escape at {path[i:i + 3]!r}")
+                b = int(h, 16)
+                out.append(chr(b) if b in _UNRESERVED else "%" + h.upper())
+                i += 3
+            else:
+                out.append(c)
+                i += 1
+        path = "".join(out)
+    if "/." in path:
+        path = remove_dot_segments(path)
+    return path
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4, for an absolute path; never climbs above '/'."""
+    segs = path.split("/")
+    out: list[str] = []
+    for s in segs[1:]:
+        if s == ".":
+            continue
+        if s == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(s)
+    trailing = segs[-1] in (".", "..")
+    return "/" + "/".join(out) + ("/" if trailing and out else "")
+
+
+_HOST_RE = re.compile(r"^(?:\[[0-9a-f:.]+\]|[a-z0-9_.-]*)(?::[0-9]{0,5})?$")
+
+
+def normalise_host(value: str) -> str:
+    """Host header -> lower-case name without port or trailing dot ('' if empty).
+
+    Raises BadTarget for anything that is not a host[:port]: userinfo (`evil@app.test`), a path
+    (`app.test/x`), spaces, or other characters no host name has.
+    """
+    v = value.strip().lower()
+    if not _HOST_RE.match(v):
+        raise BadTarget(f"invalid Host header {value[:100]!r}")
+    if v.startswith("["):
+        host = v[: v.index("]") + 1]
+    else:
+        host = v.partition(":")[0]
+    return host.rstrip(".")
+
+
+def connection_tokens(values: list[bytes]) -> set[bytes]:
+    """Header names listed in Connection: headers (lower-case), to be dropped as hop-by-hop."""
+    out = set()
+    for v in values:
+        for tok in v.split(b","):
+            tok = tok.strip().lower()
+            if tok:
+                out.add(tok)
+    return out

@@ -1,0 +1,247 @@
+"""The front process's HTTP side: listeners, the routing table, timeouts, observers.
+
+`Proxy` knows the app pools only through what front.py and forward.py call on them (acquire,
+release, cancel and a few settings); it never starts or stops a worker.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import logging
+import os
+import secrets
+import socket
+import ssl
+import stat
+from typing import Callable
+
+from passenger_lite.manager.config import Address, Site
+
+from .front import FrontProtocol
+from .pages import Pages
+from .router import Mount, Router
+
+log = logging.getLogger("passenger_lite.proxy")
+SWEEP_INTERVAL = 0.5
+
+
+class Listener:
+    def __init__(self, address: Address):
+        self.address = address
+        self.scheme = "https" if address.tls else "http"
+        self.port = address.port
+        self.count = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.address}" if self.address.kind == "tcp" else str(self.address)
+
+
+def tls_context(address: Address) -> ssl.SSLContext:
+    """A server context for the listener's certificate, switching certificates by SNI."""
+    tls = address.tls
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.cert, tls.key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    by_host: list[tuple[str, ssl.SSLContext]] = []
+    for extra in tls.certificates:
+        c = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        c.minimum_version = ssl.TLSVersion.TLSv1_2
+        c.load_cert_chain(extra.cert, extra.key)
+        c.set_alpn_protocols(["http/1.1"])
+        by_host += [(h.lower(), c) for h in extra.hosts]
+    if by_host:
+        def pick(sslobj, server_name, _ctx):
+            if not server_name:
+                return None
+            name = server_name.lower().rstrip(".")
+            for pattern, c in by_host:
+                if pattern == name or (pattern.startswith("*.") and name.endswith(pattern[1:])):
+                    sslobj.context = c
+                    return None
+            return None
+
+        ctx.sni_callback = pick
+    return ctx
+
+
+class Proxy:
+    def __init__(self, site: Site, pools: dict, loop: asyncio.AbstractEventLoop | None = None):
+        self.loop = loop or asyncio.get_running_loop()
+        self.connections: set[FrontProtocol] = set()
+        self.tunnels: set = set()
+        self.host_cache: dict[str, str] = {}
+        self.listeners: list[Listener] = []
+        self.stopping = False
+        self.observers: list[Callable] = []
+        self.early_observers: list[Callable] = []
+        self._rid_prefix = secrets.token_hex(4)
+        self._rid = itertools.count(1)
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.configure(site, pools)
+
+    # ------------------------------------------------------------------ configuration
+
+    def configure(self, site: Site, pools: dict) -> None:
+        """Take a (new) site config and its pools; listeners are not touched (see reload)."""
+        c = site.config
+        self.site = site
+        self.pools = pools
+        self.pages = Pages(site.development)
+        self.max_header_size = c.max_header_size
+        self.max_headers = c.max_headers
+        self.max_connections = c.max_connections
+        self.max_body = site.client_max_body_size
+        self.client_header_timeout = c.client_header_timeout
+        self.client_body_timeout = c.client_body_timeout
+        self.keepalive_timeout = c.keepalive_timeout
+        self.websocket_idle_timeout = c.websocket_idle_timeout
+        self._trusted = [ipaddress.ip_network(n, strict=False) for n in c.trusted_proxies]
+        self._trusted_cache: dict[str, bool] = {}
+        self.router: Router = Router(Mount(tuple(a.hosts), a.path, pools[a.name]) for a in site.apps)
+        self.https_port = next((a.port for a in site.addresses if a.tls and a.kind == "tcp"), 0)
+
+    def is_trusted(self, ip: str) -> bool:
+        if not self._trusted:
+            return False
+        hit = self._trusted_cache.get(ip)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+                hit = any(addr in n for n in self._trusted)
+            except ValueError:
+                hit = False
+            if len(self._trusted_cache) > 4096:
+                self._trusted_cache.clear()
+            self._trusted_cache[ip] = hit
+        return hit
+
+    def remember_host(self, raw: str, host: str) -> None:
+        if len(self.host_cache) > 4096:
+            self.host_cache.clear()
+        self.host_cache[raw] = host
+
+    def next_request_id(self) -> str:
+        return f"{self._rid_prefix}-{next(self._rid):x}"
+
+    # ------------------------------------------------------------------ listening
+
+    async def listen(self) -> None:
+        """Bind every configured address. Raises OSError naming the address on failure."""
+        for addr in self.site.addresses:
+            lst = Listener(addr)
+            ctx = tls_context(addr) if addr.tls else None
+            factory = lambda lst=lst: FrontProtocol(self, lst)  # noqa: E731
+            try:
+                if addr.kind == "unix":
+                    _remove_stale_socket(addr.path)
+                    lst.server = await self.loop.create_unix_server(factory, addr.path, ssl=ctx, backlog=1024)
+                    os.chmod(addr.path, 0o666)
+                else:
+                    lst.server = await self.loop.create_server(
+                        factory, addr.host, addr.port, ssl=ctx, backlog=1024, reuse_address=True)
+                    if addr.port == 0:  # ephemeral: remember what we got (tests, smoke)
+                        lst.port = addr.port = lst.server.sockets[0].getsockname()[1]
+            except OSError as e:
+                raise OSError(e.errno, f"cannot listen on {addr}: {e.strerror or e}") from None
+            self.listeners.append(lst)
+        if self.https_port == 0:
+            self.https_port = next((lst.port for lst in self.listeners if lst.scheme == "https"), 0)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def urls(self) -> list[str]:
+        out = []
+        for lst in self.listeners:
+            a = lst.address
+            if a.kind == "unix":
+                out.append(f"unix:{a.path}")
+            else:
+                host = "127.0.0.1" if a.host in ("0.0.0.0", "") else ("[::1]" if a.host == "::" else a.host)
+                out.append(f"{lst.scheme}://{host}:{lst.port}")
+        return out
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for c in list(self.connections):
+            try:
+                c.sweep(now)
+            except Exception:  # noqa: BLE001 - one broken connection must not stop the timeouts
+                log.exception("timeout sweep failed for a connection")
+        if not self.stopping or self.connections:
+            self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    # ------------------------------------------------------------------ stopping
+
+    async def close_listeners(self) -> None:
+        self.stopping = True
+        for lst in self.listeners:
+            if lst.server is not None:
+                lst.server.close()
+        for lst in self.listeners:
+            if lst.address.kind == "unix":
+                try:
+                    os.unlink(lst.address.path)
+                except OSError:
+                    pass
+
+    def busy(self) -> int:
+        return sum(1 for c in self.connections if c.ex is not None or c.pending)
+
+    async def drain(self, timeout: float) -> None:
+        """Let in-flight requests finish (up to `timeout`), then close what is left."""
+        self.stopping = True
+        for c in list(self.connections):
+            if c.ex is None and not c.pending and c.tunnel is None and c.transport is not None:
+                c.closing = True
+                c.transport.close()  # idle keep-alive connections go now
+        deadline = self.loop.time() + timeout
+        while self.busy() - len(self.tunnels) > 0 and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for t in list(self.tunnels):
+            t.go_away(1001)
+        while self.tunnels and self.loop.time() < deadline + 2:
+            await asyncio.sleep(0.05)
+        for c in list(self.connections):
+            if c.transport is not None:
+                c.transport.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    # ------------------------------------------------------------------ observers (logs, metrics)
+
+    def observe(self, ex, status: int, aborted: bool = False) -> None:
+        for o in self.observers:
+            o(ex, status, aborted)
+
+    def observe_early(self, status: int) -> None:
+        for o in self.early_observers:
+            o(status)
+
+    def log_bad_request(self, ip: str, status: int, why: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s from %s: %s", status, ip, why)
+
+    def log_upstream_error(self, ex, status: int, detail: str) -> None:
+        log.warning("%s %s %s -> %d: %s (request %s)", ex.app_name, ex.method, ex.target[:200], status,
+                    detail, ex.request_id)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a previous run; refuse to touch anything else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(17, f"{path} exists and is not a socket")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody answers: stale
+    else:
+        raise OSError(98, f"{path} is in use by another server")
+    finally:
+        s.close()

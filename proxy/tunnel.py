@@ -1,0 +1,155 @@
+"""A WebSocket connection after the worker's 101: bytes relayed both ways with backpressure.
+
+The worker stays checked out (it counts as in flight) for the tunnel's whole life, so an open
+WebSocket never makes a concurrency-1 worker look free, and concurrency-0 apps scale on it.
+Frames are relayed unchanged, so close codes pass through. To close a tunnel ourselves (idle
+timeout, shutdown) we send close frames (1001 "going away") on both sides at a frame boundary,
+which `_Frames` tracks in each direction.
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+
+class _Frames:
+    """Follows WebSocket frame boundaries in one direction without copying payloads."""
+
+    __slots__ = ("need", "header", "in_payload")
+
+    def __init__(self):
+        self.need = 0          # payload bytes left in the current frame
+        self.header = b""      # partial frame header
+        self.in_payload = False
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n:
+            if self.need:
+                take = min(self.need, n - i)
+                self.need -= take
+                i += take
+                continue
+            h = self.header + data[i:i + 14]
+            if len(h) < 2:
+                self.header = h
+                return
+            ln = h[1] & 0x7F
+            size = 2 + (2 if ln == 126 else 8 if ln == 127 else 0) + (4 if h[1] & 0x80 else 0)
+            if len(h) < size:
+                self.header = h
+                return
+            if ln == 126:
+                ln = struct.unpack_from("!H", h, 2)[0]
+            elif ln == 127:
+                ln = struct.unpack_from("!Q", h, 2)[0]
+            used = size - len(self.header)
+            self.header = b""
+            i += used
+            self.need = ln
+
+    @property
+    def at_boundary(self) -> bool:
+        return not self.need and not self.header
+
+
+def close_frame(code: int, masked: bool) -> bytes:
+    payload = struct.pack("!H", code)
+    if not masked:
+        return b"\x88" + bytes([len(payload)]) + payload
+    mask = os.urandom(4)
+    return b"\x88" + bytes([0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class Tunnel:
+    def __init__(self, proxy, front, ex, upstream, rest: bytes):
+        self.proxy = proxy
+        self.front = front
+        self.ex = ex
+        self.up = upstream
+        self.last = proxy.loop.time()
+        self.closed = False
+        self.closing_since = 0.0
+        self.to_up = _Frames()     # client -> worker
+        self.to_front = _Frames()  # worker -> client
+        front.tunnel = self
+        upstream.tunnel = self
+        proxy.tunnels.add(self)
+        if front.ws_tail:
+            self.from_front(front.ws_tail)
+            front.ws_tail = b""
+        if rest:
+            self.from_peer(rest)
+
+    # client -> worker
+    def from_front(self, data: bytes) -> None:
+        up = self.up.transport
+        if up is None or self.closed:
+            return
+        self.last = self.proxy.loop.time()
+        self.to_up.feed(data)
+        up.write(data)
+        if self.up.write_paused and self.front.transport is not None:
+            self.front.transport.pause_reading()
+
+    # worker -> client
+    def from_peer(self, data: bytes) -> None:
+        t = self.front.transport
+        if t is None or self.closed:
+            return
+        self.last = self.proxy.loop.time()
+        self.to_front.feed(data)
+        t.write(data)
+        if self.front.write_paused and self.up.transport is not None:
+            self.up.transport.pause_reading()
+
+    def resume_from_peer(self) -> None:   # the worker's socket drained
+        if self.front.transport is not None and not self.closed:
+            self.front.transport.resume_reading()
+
+    def resume_from_front(self) -> None:  # the client's socket drained
+        if self.up.transport is not None and not self.closed:
+            self.up.transport.resume_reading()
+
+    def front_lost(self) -> None:
+        if self.up.transport is not None:
+            self.up.transport.close()
+        self._end()
+
+    def peer_lost(self) -> None:
+        if self.front.transport is not None:
+            self.front.transport.close()
+        self._end()
+
+    def go_away(self, code: int = 1001) -> None:
+        """Close both sides with a close frame, each at a frame boundary (else just close)."""
+        if self.closed:
+            return
+        ft, ut = self.front.transport, self.up.transport
+        if ft is not None and self.to_front.at_boundary:
+            ft.write(close_frame(code, masked=False))
+        if ut is not None and self.to_up.at_boundary:
+            ut.write(close_frame(code, masked=True))
+        self.closing_since = self.proxy.loop.time()
+
+    def sweep(self, now: float) -> None:
+        if self.closing_since:
+            if now - self.closing_since > 2.0:
+                self.close()
+        elif now - self.last > self.proxy.websocket_idle_timeout:
+            self.go_away(1001)
+
+    def close(self) -> None:
+        for t in (self.front.transport, self.up.transport):
+            if t is not None:
+                t.close()
+        self._end()
+
+    def _end(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.proxy.tunnels.discard(self)
+        ex = self.ex
+        ex.release_worker()
+        self.front.finish_tunnel(ex)
