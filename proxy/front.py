@@ -138,7 +138,7 @@ class FrontProtocol(BaseProtocol):
         if self._upgraded:  # waiting for the worker's 101: keep what the client sends early
             self.ws_tail += data
             return
-        fresh = not self.partial_since
+        fresh = not self.partial_since and self.ex is None and not self.pending
         try:
             messages, upgraded, tail = self._parser.feed_data(data)
         except http_exceptions.HttpProcessingError as e:
@@ -153,7 +153,8 @@ class FrontProtocol(BaseProtocol):
             self._next()
             if len(self.pending) > _PIPELINE_MAX and self.transport is not None:
                 self.transport.pause_reading()
-        elif fresh and data:
+        elif fresh:
+            # the start of a request head: the header timeout runs from here
             self.partial_since = self.loop.time()
             self._check_request_line(data)
 

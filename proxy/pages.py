@@ -69,4 +69,4 @@ class Pages:
                                          problem=None, request_id=_MARK)
             a, _, b = html.partition(_MARK)
             parts = self._plain[key] = (a, b)
-        return (parts[0] + markupsafe.escape(request_id) + parts[1]).encode("utf-8")
+        return (parts[0] + str(markupsafe.escape(request_id)) + parts[1]).encode("utf-8")

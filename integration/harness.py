@@ -1,0 +1,264 @@
+"""Run the real `passenger-lite` CLI against real apps, over real sockets, and clean up after it.
+
+    with Server(tmp_path, {"apps": [...]}) as s:      # writes sites.yaml, starts, waits ready
+        status, headers, body = s.get("/env", host="blog.test")
+
+Every process the manager started is recorded while it runs; `stop()` ends the manager and then
+asserts that none of them (workers, their children, the watchdog) is still alive.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+APPS = REPO / "tests" / "apps"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_command() -> list[str]:
+    exe = shutil.which("passenger-lite")
+    if exe:
+        return [exe]
+    return [sys.executable, "-m", "passenger_lite.manager.cli"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 60, env: dict | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cli_command() + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env, input=input)
+
+
+def copy_app(name: str, dest: Path) -> Path:
+    """A fresh copy of tests/apps/NAME under dest (apps may be edited by a test)."""
+    target = dest / name
+    shutil.copytree(APPS / name, target, ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+    return target
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 10):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self._path)
+        self.sock = s
+
+
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class Server:
+    def __init__(self, workdir: Path, config: dict | str, *, port: int | None = None, args: tuple = (),
+                 env: dict | None = None, wait: bool = True, ready_timeout: float = 30):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        if isinstance(config, dict):
+            config = dict(config)
+            config.setdefault("listen", [f"127.0.0.1:{self.port}"])
+            text = yaml.safe_dump(config, sort_keys=False)
+        else:
+            text = config.replace("@PORT@", str(self.port))
+        self.config = self.dir / "sites.yaml"
+        self.config.write_text(text)
+        self.log_path = self.dir / "server.log"
+        self.args = args
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.seen: dict[int, psutil.Process] = {}
+        self.ready_timeout = ready_timeout
+        self._wait = wait
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> "Server":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.env:
+            env.update(self.env)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cli_command() + ["start", "--config", str(self.config), *self.args],
+                                     cwd=self.dir, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env)
+        if self._wait:
+            self.wait_ready(self.ready_timeout)
+
+    def wait_ready(self, timeout: float = 30) -> dict:
+        """Until the control socket answers and every app with min_processes > 0 has a ready
+        worker (or has failed to start)."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"passenger-lite exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                st = self.status()
+                last = st
+                self.track()
+                if all(a["min_processes"] == 0 or any(w["state"] == "ready" for w in a["workers"])
+                       or a["state"] in ("failed", "backoff") for a in st["apps"]):
+                    return st
+            except (OSError, ValueError, http.client.HTTPException):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"not ready within {timeout} s; last status {last}\n{self.logs()}")
+
+    def track(self) -> None:
+        """Remember every descendant of the manager, to check none outlives it."""
+        if self.proc is None:
+            return
+        try:
+            for c in psutil.Process(self.proc.pid).children(recursive=True):
+                self.seen.setdefault(c.pid, c)
+        except psutil.Error:
+            pass
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        if self.proc is None:
+            return 0
+        self.track()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+            self.kill_leftovers()
+            raise AssertionError(f"passenger-lite did not stop within {timeout} s\n{self.logs()}")
+        finally:
+            self._log.close()
+        self.assert_no_leftovers()
+        return code
+
+    def leftovers(self, grace: float = 5.0) -> list[psutil.Process]:
+        deadline = time.monotonic() + grace
+        while True:
+            left = [p for p in self.seen.values() if alive(p)]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.05)
+
+    def kill_leftovers(self) -> None:
+        for p in self.seen.values():
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+    def assert_no_leftovers(self, grace: float = 5.0) -> None:
+        left = self.leftovers(grace)
+        if left:
+            desc = [(p.pid, " ".join(p.cmdline())[:120]) for p in left if alive(p)]
+            self.kill_leftovers()
+            raise AssertionError(f"processes outlived passenger-lite: {desc}")
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    # ------------------------------------------------------------------ talking to it
+
+    def control(self, method: str, path: str, timeout: float = 60) -> tuple[int, dict]:
+        from passenger_lite.manager.runtimedir import control_socket
+
+        conn = _UnixHTTPConnection(str(control_socket(self.config)), timeout)
+        try:
+            conn.request(method, path)
+            r = conn.getresponse()
+            return r.status, json.loads(r.read())
+        finally:
+            conn.close()
+
+    def status(self) -> dict:
+        return self.control("GET", "/status", timeout=5)[1]
+
+    def app_status(self, name: str) -> dict:
+        return next(a for a in self.status()["apps"] if a["name"] == name)
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return run_cli(*args, "--config", str(self.config), cwd=self.dir, timeout=timeout)
+
+    def connection(self, timeout: float = 30) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method: str, path: str, body=None, headers: dict | None = None, host: str | None = None,
+                timeout: float = 30) -> tuple[int, dict, bytes]:
+        c = self.connection(timeout)
+        h = dict(headers or {})
+        if host:
+            h["Host"] = host
+        try:
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            c.close()
+
+    def get(self, path: str = "/", **kw) -> tuple[int, dict, bytes]:
+        return self.request("GET", path, **kw)
+
+    def get_json(self, path: str, **kw) -> dict:
+        status, _, body = self.get(path, **kw)
+        assert status == 200, (status, body[:500])
+        return json.loads(body)
+
+    def raw(self, data: bytes, timeout: float = 5, read_until_close: bool = True) -> bytes:
+        """Send raw bytes, return everything the server answers until it closes (or timeout)."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        try:
+            s.sendall(data)
+            out = b""
+            while True:
+                try:
+                    chunk = s.recv(65536)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if not read_until_close and b"\r\n\r\n" in out:
+                    break
+            return out
+        finally:
+            s.close()
+
+
+def app_config(name: str, root: Path, **kw) -> dict:
+    d = {"name": name, "root": str(root)}
+    d.update(kw)
+    return d
