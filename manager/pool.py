@@ -261,13 +261,13 @@ class AppPool:
         return w
 
     def _start_failed(self, f: StartFailure) -> None:
+        if self.stopping:  # stopped while starting: not a failure of the app
+            return
         self.failures += 1
         self.failed_starts += 1
         self.last_failure = f
         log.error("%s: worker failed to start: %s%s", self.name, f.message,
                   ("\n  " + "\n  ".join(f.output.splitlines()[-10:])) if f.output else "")
-        if self.stopping:
-            return
         if self.failures >= FAIL_LIMIT:
             delay = FAILED_RETRY
             self._set_state(AppState.FAILED)
@@ -314,7 +314,7 @@ class AppPool:
             self.ready.remove(w)
         if new is W.READY:
             self.ready.append(w)
-        if new in (W.DRAINING, W.STOPPING) and why:
+        if why and (new is W.DRAINING or (new is W.STOPPING and old is not W.DRAINING)):
             log.info("%s: stopping worker #%d (pid %s): %s", self.name, w.id, w.pid, why)
 
     def on_worker_exit(self, w: Worker) -> None:

@@ -51,9 +51,9 @@ def describe_exit(code: int | None) -> str:
         return ""
     if code < 0:
         try:
-            return f"killed by {signal.Signals(-code).name}"
+            return f"signal {signal.Signals(-code).name}"
         except ValueError:
-            return f"killed by signal {-code}"
+            return f"signal {-code}"
     return f"exit status {code}"
 
 

@@ -6,6 +6,9 @@ import time
 from urllib.parse import parse_qs
 
 
+_HOG = []
+
+
 def _q(environ, name, default=None):
     return parse_qs(environ.get("QUERY_STRING", "")).get(name, [default])[0]
 
@@ -62,6 +65,10 @@ def application(environ, start_response):
                 yield b"part %d\n" % i
                 time.sleep(float(_q(environ, "t", "0.05")))
         return gen()
+    if path == "/hog":  # keeps the memory: for memory_limit
+        _HOG.append(bytearray(int(_q(environ, "mb", "64")) * 1024 * 1024))
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+        return [b"hog\n"]
     if path == "/crash":
         os._exit(1)
     if path == "/crash-mid":
