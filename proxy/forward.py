@@ -55,7 +55,7 @@ class Exchange:
         "body", "payload", "stream_body", "up_chunked", "ws",
         "worker", "conn", "status", "resp_started", "resp_bytes", "finished", "req_done",
         "queue_deadline", "response_deadline", "t0", "t_worker", "t_response", "retried",
-        "body_task", "app_name",
+        "body_task", "app_name", "last_worker",
     )
 
     def __init__(self, front: "FrontProtocol", pool, msg, target: str, host_header: str):
@@ -86,6 +86,7 @@ class Exchange:
         self.t_response = 0.0
         self.retried = False
         self.body_task = None
+        self.last_worker = None             # who served it, for the access log (worker is cleared on release)
 
     # ------------------------------------------------------------------ getting a worker
 
@@ -103,7 +104,7 @@ class Exchange:
         if self.finished:  # the client left while we waited; give the slot back
             self.pool.release(worker)
             return
-        self.worker = worker
+        self.worker = self.last_worker = worker
         self.t_worker = self.front.loop.time()
         idle = worker.idle
         if idle:
