@@ -175,10 +175,13 @@ def _user_policy(site: Site):
 
 
 def run(site: Site, **kw) -> int:
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
+    """Run the front process; uvloop when installed (PASSENGER_LITE_LOOP=asyncio to opt out)."""
+    uvloop = None
+    if os.environ.get("PASSENGER_LITE_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
     runtime = Runtime(site, **kw)
     if uvloop is not None:
         return uvloop.run(runtime.run())
