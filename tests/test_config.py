@@ -126,3 +126,10 @@ def test_example_config_is_valid():
     example = Path(__file__).resolve().parents[1] / "configs" / "sites.yaml"
     site = config.load(example, default_registry())
     assert site.apps
+
+
+def test_readme_documents_every_config_key():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for model in (config.SiteConfig, config.AppConfig):
+        for key in model.model_fields:
+            assert f"`{key}`" in readme, f"README's config reference lacks `{key}`"
