@@ -120,7 +120,10 @@ class Exchange:
     async def _connect(self, worker) -> None:
         loop = self.front.loop
         try:
-            _, conn = await loop.create_unix_connection(lambda: Upstream(worker, self.pool), worker.sock)
+            if worker.port is None:  # the usual case: the worker's private Unix socket
+                _, conn = await loop.create_unix_connection(lambda: Upstream(worker, self.pool), worker.sock)
+            else:  # a worker that listens on a loopback port (command spawner)
+                _, conn = await loop.create_connection(lambda: Upstream(worker, self.pool), "127.0.0.1", worker.port)
         except OSError as e:
             self.worker = None
             self.pool.release(worker, failed=True, reason=f"cannot connect to its socket: {e.strerror or e}")
