@@ -45,14 +45,17 @@ def cmd_start(a: argparse.Namespace) -> int:
     site = _load(a.config)
     if a.dev:
         site.config.environment = "development"
+    from passenger_lite.proxy.front import CParserMissing, require_c_parser
+
     from .output import setup_logging
     from .runtime import run
     from .runtimedir import RuntimeDirError
 
     setup_logging(site.config.log_format)
     try:
+        require_c_parser()
         return run(site, dev=a.dev)
-    except RuntimeDirError as e:
+    except (RuntimeDirError, CParserMissing) as e:
         _fail(str(e))
     except OSError as e:
         _fail(str(e))

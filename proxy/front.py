@@ -15,7 +15,6 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from aiohttp import http_exceptions
-from aiohttp._http_parser import HttpRequestParser
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpVersion10, HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD
@@ -27,12 +26,39 @@ from .headers import FORWARDING, REQUEST_DROP, BadTarget, canonical_path, connec
 if TYPE_CHECKING:
     from .server import Listener, Proxy
 
+try:  # llhttp through aiohttp's C extension; require_c_parser() refuses to start without it
+    from aiohttp._http_parser import HttpRequestParser
+except ImportError:
+    HttpRequestParser = None
+
 _READ_LIMIT = 2 ** 16          # StreamReader buffering of request bodies (high water: 2x)
 _BUFFER_BODY = 64 * 1024       # bodies up to this size are read fully before a worker is taken
 _PIPELINE_MAX = 32             # parsed requests waiting their turn before we stop reading
 _CLOSE = b"Connection: close\r\n\r\n"
 _KEEP = b"\r\n"
 _KEEP10 = b"Connection: keep-alive\r\n\r\n"
+
+
+class CParserMissing(RuntimeError):
+    """aiohttp's C HTTP parser cannot be used: we do not serve on the weaker pure-Python one."""
+
+
+def require_c_parser() -> None:
+    """Start-up check: the request parser is aiohttp's compiled llhttp extension."""
+    import importlib.machinery
+    import sys
+
+    mod = sys.modules.get("aiohttp._http_parser")
+    so = getattr(mod, "__file__", "") or ""
+    if HttpRequestParser is None or not so.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+        import aiohttp
+
+        raise CParserMissing(
+            f"aiohttp's C HTTP parser (aiohttp._http_parser) cannot be imported (aiohttp {aiohttp.__version__} "
+            f"in {aiohttp.__path__[0]}). passenger-lite does not serve on the pure-Python parser, which lets "
+            "more malformed requests through. Reinstall aiohttp from a binary wheel for this Python "
+            "(pip install --force-reinstall --only-binary aiohttp aiohttp), and do not set AIOHTTP_NO_EXTENSIONS "
+            "when installing it.")
 
 
 class FrontProtocol(BaseProtocol):
@@ -179,7 +205,7 @@ class FrontProtocol(BaseProtocol):
             status = 431
         elif "Transfer-Encoding" in text and "Content-Length" not in text:
             status = 501
-        elif "HTTP/2" in text or "PRI" in text:
+        elif "Invalid HTTP version" in text or "Pause on PRI" in text:  # HTTP/3.0, 1.2, the h2 preface
             status = 505
         self.proxy.log_bad_request(self.peer_ip, status, text.splitlines()[0] if text else "")
         self._send_error(status, "")
@@ -235,6 +261,9 @@ class FrontProtocol(BaseProtocol):
             proxy.remember_host(host_header, host)
         target = msg.path
         if target[:1] != "/":
+            if msg.method == "CONNECT":  # we are not a forward proxy: no tunnels to anywhere
+                self._send_error(405, "")
+                return
             if target == "*" and msg.method == "OPTIONS":
                 self._send_simple(200, b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n")
                 return
@@ -291,7 +320,10 @@ class FrontProtocol(BaseProtocol):
     def _check_upgrade(self, ex: Exchange, headers) -> bool:
         up = headers.get("Upgrade", "").strip().lower()
         if up != "websocket":
-            return True  # h2c and friends are never tunnelled: the Upgrade header is dropped
+            # h2c and friends are never tunnelled: the Upgrade header is dropped. llhttp discards
+            # what follows such a head in the same read, so no further request on this connection.
+            self.keep_alive = False
+            return True
         if ex.method != "GET" or "Sec-WebSocket-Key" not in headers:
             self.error(ex, 400, "A WebSocket handshake needs GET and Sec-WebSocket-Key.", close=True)
             return False
@@ -349,10 +381,14 @@ class FrontProtocol(BaseProtocol):
         trusted = self.trusted
         rid = None
         xff = None
+        seen = None
         for name, value in msg.raw_headers:
             ln = name.lower()
             if ln in drop:
                 if trusted and ln in FORWARDING:
+                    if seen is None:
+                        seen = set()
+                    seen.add(ln)
                     if ln == b"x-forwarded-for":
                         xff = value if xff is None else xff + b", " + value
                     else:
@@ -371,11 +407,12 @@ class FrontProtocol(BaseProtocol):
         else:
             ex.request_id = rid.decode("latin-1")
         ip = self.peer_ip.encode()
-        parts.append(b"Host: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\n" % (
-            ex.host_header.encode("latin-1"), ex.host_header.encode("latin-1"),
-            ip if xff is None else xff + b", " + ip))
+        host = ex.host_header.encode("latin-1")
         if not trusted:
+            parts.append(b"Host: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\n" % (host, host, ip))
             parts.append(self.fwd)
+        else:
+            self._trusted_forwarding(parts, host, ip, xff, seen or ())
         if ex.ws:
             parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
         if ex.stream_body:
@@ -387,6 +424,20 @@ class FrontProtocol(BaseProtocol):
             parts.append(b"Content-Length: %d\r\n" % len(ex.body))
         parts.append(b"\r\n")
         return b"".join(parts)
+
+    def _trusted_forwarding(self, parts: list, host: bytes, ip: bytes, xff: bytes | None, seen) -> None:
+        """From a trusted proxy, the forwarding headers it sent stand (copied above); the ones it
+        did not send are filled in from this hop, so none is missing or doubled."""
+        parts.append(b"Host: %s\r\nX-Forwarded-For: %s\r\n" % (host, ip if xff is None else xff + b", " + ip))
+        if b"x-forwarded-host" not in seen:
+            parts.append(b"X-Forwarded-Host: %s\r\n" % host)
+        if b"x-forwarded-proto" not in seen:
+            parts.append(b"X-Forwarded-Proto: %s\r\n" % self.listener.scheme.encode())
+        if b"x-forwarded-port" not in seen:
+            parts.append(b"X-Forwarded-Port: %d\r\n" % self.listener.port)
+        if b"x-real-ip" not in seen:
+            # the client as the trusted proxy saw it: the last address it added (as nginx's realip)
+            parts.append(b"X-Real-IP: %s\r\n" % (xff.rpartition(b",")[2].strip() if xff else ip))
 
     # ------------------------------------------------------------------ writing responses
 
