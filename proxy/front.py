@@ -163,6 +163,8 @@ class FrontProtocol(BaseProtocol):
             return
         if self._upgraded:  # waiting for the worker's 101: keep what the client sends early
             self.ws_tail += data
+            if len(self.ws_tail) > _READ_LIMIT and self.transport is not None:
+                self.transport.pause_reading()  # the tunnel resumes it
             return
         fresh = not self.partial_since and self.ex is None and not self.pending
         try:

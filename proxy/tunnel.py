@@ -75,6 +75,8 @@ class Tunnel:
         front.tunnel = self
         upstream.tunnel = self
         proxy.tunnels.add(self)
+        if front.transport is not None:
+            front.transport.resume_reading()  # paused if the client sent much before the 101
         if front.ws_tail:
             self.from_front(front.ws_tail)
             front.ws_tail = b""

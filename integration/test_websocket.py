@@ -1,0 +1,242 @@
+"""Issue 7 item 1: WebSockets through the proxy to ASGI (uvicorn), Node (ws) and Rack (puma hijack)
+apps, with the real CLI, real workers and the `websockets` client."""
+import hashlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import psutil
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from harness import APPS, app_config, copy_app
+
+WS_APPS = {  # language -> (folder in tests/apps, app type)
+    "asgi": ("starlette_app", "python-asgi"),
+    "node": ("node_ws", "node"),
+    "rack": ("rack_ws", "ruby-rack"),
+}
+
+
+def spawner_types() -> set:
+    from passenger_lite.spawners.registry import default_registry
+
+    return set(default_registry().types())
+
+
+def ws_app(lang: str, apps_dir, **kw) -> dict:
+    folder, kind = WS_APPS[lang]
+    if kind not in spawner_types():
+        pytest.skip(f"no {kind} spawner installed yet")
+    if lang == "node":
+        if not (APPS / folder / "node_modules").is_dir():
+            pytest.fail(f"run `npm ci` in tests/apps/{folder} (.ci/setup does)")
+        root = APPS / folder  # used in place: it is not edited, and its node_modules stay with it
+    else:
+        root = copy_app(folder, apps_dir)
+    return app_config("ws", root, type=kind, **kw)
+
+
+def ws_connect(s, path: str = "/ws", **kw):
+    kw.setdefault("max_size", None)
+    return connect(f"ws://127.0.0.1:{s.port}{path}", proxy=None, open_timeout=20, **kw)
+
+
+def wait_for(what: str, check, timeout: float = 20.0, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(every)
+
+
+def in_flight(s) -> list[int]:
+    return [w["in_flight"] for w in s.app_status("ws")["workers"] if w["state"] == "ready"]
+
+
+@pytest.mark.parametrize("lang", ["asgi", "node", "rack"])
+def test_websocket_echo_both_ways_with_close_codes(make_server, apps_dir, lang):
+    s = make_server({"apps": [ws_app(lang, apps_dir, path="/app")]})
+    with ws_connect(s, "/app/ws") as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "echo: hello"
+        # one worker is checked out for the whole life of the tunnel
+        assert in_flight(s) == [1]
+        if lang != "asgi":  # the Starlette test app echoes text only
+            data = os.urandom(3 * 1024 * 1024)  # larger than every buffer on the way: flow control
+            ws.send(data)
+            assert hashlib.sha256(ws.recv(timeout=30)).digest() == hashlib.sha256(data).digest()
+        text = "x" * 900_000
+        ws.send(text)
+        assert ws.recv(timeout=30) == "echo: " + text
+        ws.send("close")  # the app closes with 4001: the code reaches the client unchanged
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        assert ws.close_code == 4001
+    wait_for("the worker to be given back", lambda: in_flight(s) == [0])
+    if lang != "asgi":
+        with ws_connect(s, "/app/ws") as ws:  # the client closes with 4002: the app sees 4002
+            ws.send("x")
+            ws.recv(timeout=10)
+            ws.close(4002, "bye")
+        last = wait_for("the app to see the close", lambda: json.loads(s.get("/app/last-close")[2]))
+        assert last == {"code": 4002, "reason": "bye"}
+    assert s.get("/app/")[0] == 200
+
+
+def test_only_websocket_upgrades_with_a_key_are_tunnelled(make_server, apps_dir):
+    s = make_server({"apps": [app_config("ws", copy_app("starlette_app", apps_dir))]})
+    head = b"Host: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    # no Sec-WebSocket-Key, or not GET: 400, and the worker never sees it
+    assert s.raw(b"GET /ws HTTP/1.1\r\n" + head + b"\r\n").startswith(b"HTTP/1.1 400 ")
+    assert s.raw(b"POST /ws HTTP/1.1\r\n" + head + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Content-Length: 0\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    # any other upgrade (h2c...) is a plain request: the Upgrade header never reaches the app
+    out = s.raw(b"GET /env HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 ")
+    headers = json.loads(out.split(b"\r\n\r\n", 1)[1])["headers"]
+    assert "upgrade" not in headers and "http2-settings" not in headers
+    # bytes the client sends before the worker's 101 arrive after it, in order
+    key = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    frame = _masked_text(b"early")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(b"GET /ws HTTP/1.1\r\n" + head + key + b"\r\n" + frame)
+        out = b""
+        while b"echo: early" not in out:
+            chunk = c.recv(65536)
+            assert chunk, out
+            out += chunk
+        assert out.startswith(b"HTTP/1.1 101 ")
+        c.sendall(_masked_close(1000))
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _masked_text(text: bytes) -> bytes:
+    return _masked(0x1, text)
+
+
+def _masked_close(code: int) -> bytes:
+    return _masked(0x8, code.to_bytes(2, "big"))
+
+
+def test_open_websocket_keeps_a_concurrency_1_worker_checked_out(make_server, apps_dir):
+    s = make_server({"apps": [app_config("ws", copy_app("starlette_app", apps_dir), concurrency=1,
+                                         min_processes=1, max_processes=2)]})
+    first = s.app_status("ws")["workers"][0]
+    with ws_connect(s) as ws:
+        ws.send("a")
+        assert ws.recv(timeout=10) == "echo: a"
+        # the only worker holds a WebSocket: it is full, so a request gets a second worker
+        env = s.get_json("/env")
+        assert env["pid"] != first["pid"]
+        workers = {w["pid"]: w for w in s.app_status("ws")["workers"]}
+        assert workers[first["pid"]]["in_flight"] == 1
+        ws.send("b")
+        assert ws.recv(timeout=10) == "echo: b"
+    wait_for("the WebSocket's worker to be free", lambda: all(n == 0 for n in in_flight(s)))
+
+
+def test_websockets_scale_out_a_concurrency_0_app(make_server, apps_dir):
+    # Passenger's #2433: open WebSockets must not pin a concurrency-0 app to one process
+    s = make_server({"apps": [app_config("ws", copy_app("starlette_app", apps_dir), concurrency=0,
+                                         scale_threshold=2, min_processes=1, max_processes=2)]})
+    socks = []
+    try:
+        for i in range(3):
+            ws = ws_connect(s).__enter__()
+            socks.append(ws)
+            ws.send(str(i))
+            assert ws.recv(timeout=10) == f"echo: {i}"
+        wait_for("a second worker", lambda: len(in_flight(s)) == 2, timeout=30)
+        ws = ws_connect(s).__enter__()  # the least busy worker (the new one) takes it
+        socks.append(ws)
+        ws.send("new")
+        assert ws.recv(timeout=10) == "echo: new"
+        assert sorted(in_flight(s)) == [1, 3]
+    finally:
+        for ws in socks:
+            ws.close()
+    wait_for("all workers free", lambda: in_flight(s) == [0, 0])
+
+
+def test_idle_websocket_is_closed_with_1001(make_server, apps_dir):
+    s = make_server({"websocket_idle_timeout": 1,
+                     "apps": [app_config("ws", copy_app("starlette_app", apps_dir))]})
+    with ws_connect(s, ping_interval=None) as ws:
+        ws.send("a")
+        assert ws.recv(timeout=10) == "echo: a"
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=30)
+        assert ws.close_code == 1001
+    wait_for("the worker to be given back", lambda: in_flight(s) == [0])
+
+
+def test_graceful_stop_lets_requests_finish_then_closes_websockets_with_1001(make_server, apps_dir):
+    s = make_server({"apps": [app_config("ws", copy_app("starlette_app", apps_dir))]})
+    ws = ws_connect(s).__enter__()
+    try:
+        ws.send("before")
+        assert ws.recv(timeout=10) == "echo: before"
+        result = {}
+        slow = threading.Thread(target=lambda: result.update(r=s.get("/slow?t=4")))
+        slow.start()
+        wait_for("the slow request to reach the worker", lambda: in_flight(s) == [2])
+        s.proc.send_signal(signal.SIGTERM)
+        # while a request drains, the WebSocket still works
+        ws.send("during")
+        assert ws.recv(timeout=10) == "echo: during"
+        slow.join(30)
+        assert result["r"][0] == 200 and result["r"][2] == b"slept\n"
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=20)
+        assert ws.close_code == 1001
+    finally:
+        ws.close()
+    assert s.proc.wait(40) == 0  # the fixture then checks that no process is left
+
+
+def test_websocket_flow_control_bounds_the_proxys_memory(make_server, apps_dir):
+    """A client that sends much and reads nothing: the proxy stops reading instead of buffering."""
+    s = make_server({"apps": [app_config("ws", copy_app("starlette_app", apps_dir))]})
+    front = psutil.Process(s.proc.pid)
+    msg = "m" * (1024 * 1024)
+    total = 96
+    with ws_connect(s, max_queue=1, ping_interval=None) as ws:
+        ws.send("warm up")
+        assert ws.recv(timeout=10) == "echo: warm up"
+        base = front.memory_info().rss
+        sent = [0]
+
+        def sender():
+            for _ in range(total):
+                ws.send(msg)
+                sent[0] += 1
+
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
+        peak = base
+        last, still = -1, 0
+        deadline = time.monotonic() + 60
+        while t.is_alive() and still < 10 and time.monotonic() < deadline:  # until the sender stalls
+            peak = max(peak, front.memory_info().rss)
+            still = still + 1 if sent[0] == last else 0
+            last = sent[0]
+            time.sleep(0.1)
+        peak = max(peak, front.memory_info().rss)
+        assert peak - base < 24 * 1024 * 1024, f"the proxy grew by {(peak - base) >> 20} MiB"
+        for _ in range(total):  # now read everything: all of it arrives, in order
+            assert ws.recv(timeout=30) == "echo: " + msg
+        t.join(30)
+        assert sent[0] == total
