@@ -8,6 +8,13 @@ A worker must serve HTTP/1.1 on the address it is given (`WorkerContext.socket`,
 path, or `WorkerContext.port` on 127.0.0.1 when the spawner sets `uses_port`). It is ready when
 that address answers an HTTP request (`OPTIONS * HTTP/1.1`; any status counts). It is asked to
 stop with SIGTERM to its process group, and killed with SIGKILL after the shutdown timeout.
+The proxy forwards the full request path; a worker of an app mounted at a sub-path is told the
+prefix (PASSENGER_LITE_MOUNT, `WorkerContext.mount`) and moves it into SCRIPT_NAME itself.
+
+Besides the members of `Spawner` below, a spawner may define `wants_port(app) -> bool` to choose
+the socket or a port per app (the command spawner does); without it, `uses_port` decides.
+Code that runs inside the app's runtime lives in spawners/loaders/ (`loader_path`) and never
+imports passenger_lite: the app's interpreter may be another Python, or Ruby, or Node.js.
 
 Third-party spawners register a class (or a factory returning an instance) in the entry-point
 group `passenger_lite.spawners`; the entry-point name is the app `type` it serves:
