@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 COLOURS = ["36", "33", "32", "35", "34", "31", "96", "93", "92", "95", "94", "91"]
@@ -68,6 +70,53 @@ class _JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps({"time": round(record.created, 3), "level": record.levelname.lower(),
                            "logger": record.name, "message": record.getMessage()})
+
+
+class LogFile:
+    """The `log_file` stream: appended to, one flushed write per line, reopened on SIGUSR1
+    (after logrotate moved it). Quacks like the text stream the Printer and logging expect."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._f = self._open()
+
+    def _open(self) -> TextIO:
+        try:
+            return open(self.path, "a", encoding="utf-8", errors="replace", buffering=1)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot open log_file {self.path}: {e.strerror or e}") from None
+
+    def write(self, text: str) -> int:
+        return self._f.write(text)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def reopen(self) -> None:
+        new = self._open()
+        old, self._f = self._f, new
+        old.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def log_path(site, key: str) -> Path | None:
+    """An absolute path for the `log_file` / `access_log` key (relative to the config file)."""
+    value = getattr(site.config, key)
+    if not value or value == "-":
+        return None
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else site.path.parent / p
+
+
+def open_log_stream(site) -> TextIO:
+    """Where the manager's log and the workers' output go: `log_file`, or stderr."""
+    path = log_path(site, "log_file")
+    return LogFile(path) if path is not None else sys.stderr
 
 
 def setup_logging(fmt: str = "text", stream: TextIO | None = None, level: int = logging.INFO) -> None:
