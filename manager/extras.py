@@ -1,6 +1,47 @@
-"""Optional parts of a running manager (access log, metrics, file watcher), each with start/stop."""
+"""Optional parts of a running manager (access log, metrics, file watcher), each with start/stop.
+
+The runtime starts them after the proxy and the control socket, in this order, and stops them in
+reverse before the proxy drains. An extra may also have `reconfigure(site)`, called after a
+config reload.
+"""
 from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+log = logging.getLogger("passenger_lite.manager")
 
 
 def build_extras(runtime) -> list:
-    return []
+    from .accesslog import AccessLog
+    from .metrics import Metrics
+    from .watch import Watcher
+
+    access = AccessLog.from_site(runtime)
+    extras = [x for x in (access, Metrics.from_site(runtime), Watcher(runtime)) if x is not None]
+    extras.append(LogReopener(runtime, [access, runtime.printer.stream]))
+    return extras
+
+
+class LogReopener:
+    """SIGUSR1 reopens the log files (access_log, log_file) after logrotate moved them."""
+
+    def __init__(self, runtime, files: list):
+        self.files = [f for f in files if f is not None and hasattr(f, "reopen")]
+
+    async def start(self) -> None:
+        if self.files:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.reopen)
+
+    async def stop(self) -> None:
+        if self.files:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
+
+    def reopen(self) -> None:
+        for f in self.files:
+            try:
+                f.reopen()
+            except OSError as e:
+                log.error("cannot reopen a log file: %s", e)
+        log.info("log files reopened (SIGUSR1)")
