@@ -62,6 +62,14 @@ class ControlServer:
                 pass
 
     async def status(self, request: web.Request) -> web.Response:
+        import psutil
+
+        from .pool import rss_of
+
+        if self.runtime.poolset is not None:  # RSS is measured now, worker plus its children
+            for pool in self.runtime.poolset.pools.values():
+                for w in pool.workers:
+                    w.rss = rss_of(w.pid, psutil) if w.alive else 0
         return web.json_response(self.runtime.status())
 
     async def restart(self, request: web.Request) -> web.Response:
