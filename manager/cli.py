@@ -47,20 +47,14 @@ def cmd_start(a: argparse.Namespace) -> int:
         site.config.environment = "development"
     from passenger_lite.proxy.front import CParserMissing, require_c_parser
 
-    from .display import startup_display
-    from .output import Printer, open_log_stream, setup_logging
+    from .output import setup_logging
     from .runtime import run
     from .runtimedir import RuntimeDirError
 
-    try:
-        stream = open_log_stream(site)  # log_file, or stderr
-    except OSError as e:
-        _fail(str(e))
-    setup_logging(site.config.log_format, stream)
+    setup_logging(site.config.log_format)
     try:
         require_c_parser()
-        return run(site, dev=a.dev, printer=Printer(stream, site.config.log_format),
-                   startup_display=startup_display(site, stream))
+        return run(site, dev=a.dev)
     except (RuntimeDirError, CParserMissing) as e:
         _fail(str(e))
     except OSError as e:
