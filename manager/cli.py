@@ -47,14 +47,20 @@ def cmd_start(a: argparse.Namespace) -> int:
         site.config.environment = "development"
     from passenger_lite.proxy.front import CParserMissing, require_c_parser
 
-    from .output import setup_logging
+    from .display import startup_display
+    from .output import Printer, open_log_stream, setup_logging
     from .runtime import run
     from .runtimedir import RuntimeDirError
 
-    setup_logging(site.config.log_format)
+    try:
+        stream = open_log_stream(site)  # log_file, or stderr
+    except OSError as e:
+        _fail(str(e))
+    setup_logging(site.config.log_format, stream)
     try:
         require_c_parser()
-        return run(site, dev=a.dev)
+        return run(site, dev=a.dev, printer=Printer(stream, site.config.log_format),
+                   startup_display=startup_display(site, stream))
     except (RuntimeDirError, CParserMissing) as e:
         _fail(str(e))
     except OSError as e:

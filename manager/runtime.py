@@ -137,6 +137,9 @@ class Runtime:
             pool.configure(new_apps[n])
         self.site = new
         self.proxy.configure(new, ps.pools)
+        for extra in self.extras:  # e.g. the file watcher follows added, removed and moved apps
+            if hasattr(extra, "reconfigure"):
+                extra.reconfigure(new)
         for n in added:
             ps.pools[n].ensure_min()
         for n, pool in gone.items():

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .front import FrontProtocol
 
 _NO_BODY_STATUS = frozenset({204, 304})
+MAX_IDLE = 64  # idle keep-alive connections kept per worker
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 
@@ -176,8 +177,6 @@ class Exchange:
             if chunked and conn.transport is not None:
                 t.write(b"0\r\n\r\n")
             self.req_done = True
-            if self.finished and conn.reusable_after_body:
-                conn.give_back()
         except TimeoutError:
             self._body_failed(408, "The request body took too long to arrive.")
         except asyncio.CancelledError:
@@ -213,7 +212,7 @@ class Upstream(asyncio.Protocol):
     __slots__ = (
         "worker", "pool", "transport", "parser", "ex", "reason", "hdrs", "cl", "bad", "interim",
         "rechunk", "until_close", "keep", "write_paused", "drain_waiter", "paused_for_front",
-        "tunnel", "reusable_after_body", "te_chunked",
+        "tunnel", "te_chunked",
     )
 
     def __init__(self, worker, pool):
@@ -226,7 +225,6 @@ class Upstream(asyncio.Protocol):
         self.drain_waiter: asyncio.Future | None = None
         self.paused_for_front = False
         self.tunnel = None
-        self.reusable_after_body = False
         self._reset()
 
     def _reset(self) -> None:
@@ -403,18 +401,23 @@ class Upstream(asyncio.Protocol):
                 self._reset()
             return
         self.ex = None
-        self.reusable_after_body = self.keep
-        self._complete(ex)
-        if not self.keep:
-            if self.transport is not None:
-                self.transport.close()
-        elif ex.req_done:
+        if self.keep and ex.req_done:
+            # back to the idle list BEFORE the worker is released: the request the pool hands this
+            # worker next must find this connection, not open another one
             self.give_back()
-        # else: the body pump gives the connection back once the rest of the body is sent
+        elif self.transport is not None:
+            # closed, or answered before the whole request body was sent: never reused
+            self.transport.close()
+        self._complete(ex)
 
     def give_back(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.worker.idle.append(self)
+        t = self.transport
+        if t is not None and not t.is_closing():
+            idle = self.worker.idle
+            if len(idle) < MAX_IDLE:
+                idle.append(self)
+            else:
+                t.close()
 
     def _complete(self, ex: Exchange) -> None:
         if self.rechunk and ex.front.transport is not None and ex.method != "HEAD":
