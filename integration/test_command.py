@@ -1,9 +1,7 @@
 """Issue 3: the command spawner, with a stand-alone server on $PORT or $PASSENGER_LITE_SOCKET."""
-import hashlib
-import json
-import os
 import sys
 
+from checks import assert_bodies_arrive_whole
 from harness import app_config, copy_app
 
 
@@ -14,11 +12,7 @@ def test_list_command_on_port(make_server, apps_dir):
     data = s.get_json("/env")
     assert data["mode"] == "port"
     assert data["env"]["PORT"].isdigit() and "PASSENGER_LITE_SOCKET" not in data["env"]
-    parts = [os.urandom(50_000) for _ in range(3)]
-    for body, whole in ((parts[0], parts[0]), (iter(parts), b"".join(parts))):  # plain, then chunked
-        status, _, out = s.request("POST", "/echo", body=body)
-        assert status == 200
-        assert json.loads(out) == {"length": len(whole), "sha256": hashlib.sha256(whole).hexdigest()}
+    assert_bodies_arrive_whole(s, "/echo")
     # two workers, each listening on its own port
     assert [w["state"] for w in s.app_status("cmd")["workers"]] == ["ready", "ready"]
 
@@ -32,9 +26,7 @@ def test_shell_string_command_on_the_unix_socket(make_server, apps_dir):
     data = s.get_json("/c/env")
     assert data["path"] == "/c/env" and data["env"]["PASSENGER_LITE_MOUNT"] == "/c"
     assert "PORT" not in data["env"]
-    payload = os.urandom(123_456)
-    status, _, out = s.request("POST", "/c/echo", body=payload)
-    assert json.loads(out) == {"length": 123_456, "sha256": hashlib.sha256(payload).hexdigest()}
+    assert_bodies_arrive_whole(s, "/c/echo")
 
 
 def test_command_that_exits_shows_its_output(make_server, apps_dir):

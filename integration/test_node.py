@@ -1,12 +1,10 @@
 """Issue 3: Node.js apps under real node, through the real CLI: the listen() preload, CommonJS
 and ES modules, and scaling out of unlimited-concurrency workers."""
-import hashlib
-import json
-import os
 import socket
 
+from checks import Background, assert_bodies_arrive_whole
 from harness import app_config, copy_app
-from poll import Background, wait_until
+from rawhttp import poll_until
 
 
 def hold_path(app_dir):
@@ -29,14 +27,7 @@ def test_node_app_routes_bodies_and_environment(make_server, apps_dir):
     assert env["env"]["NODE_ENV"] == "production" and env["env"]["TEST_VAR"] == "1"
     assert env["env"]["PASSENGER_LITE_APP"] == "node" and "PORT" not in env["env"]
     assert env["headers"]["x-forwarded-for"] == "127.0.0.1"
-    for size in (0, 10, 200_000, 3_000_000):
-        data = os.urandom(size)
-        status, _, body = s.request("POST", "/n/echo", body=data, host="node.test")
-        assert status == 200, body
-        assert json.loads(body) == {"length": size, "sha256": hashlib.sha256(data).hexdigest()}
-    parts = [os.urandom(70_000) for _ in range(5)]  # a generator body goes out chunked
-    status, _, body = s.request("POST", "/n/echo", body=iter(parts), host="node.test")
-    assert json.loads(body) == {"length": 350_000, "sha256": hashlib.sha256(b"".join(parts)).hexdigest()}
+    assert_bodies_arrive_whole(s, "/n/echo", host="node.test")
     status, headers, body = s.get("/n/stream", host="node.test")
     assert body == b"part 0\npart 1\npart 2\n" and headers.get("transfer-encoding") == "chunked"
     st = s.app_status("node")
@@ -57,8 +48,8 @@ def test_hard_coded_port_app_runs_three_workers_that_all_serve(make_server, apps
         for _ in range(3):
             held.start(s.get, hold_path(app))
         # least busy first: each of the three takes one of the held requests
-        wait_until(lambda: [w["in_flight"] for w in s.app_status("node")["workers"]] == [1, 1, 1],
-                   "one request in flight on each worker")
+        poll_until(lambda: [w["in_flight"] for w in s.app_status("node")["workers"]] == [1, 1, 1],
+               what="one request in flight on each worker")
         (app / "release").write_text("")
         results = held.results()
         assert all(r[0] == 200 for r in results), results
@@ -70,9 +61,7 @@ def test_es_module_app(make_server, apps_dir):
     s = make_server({"apps": [app_config("esm", copy_app("node_esm", apps_dir))]})
     assert s.get("/")[2] == b"hello from esm\n"
     assert s.get("/module")[2] == b"undefined"  # no `require`: it really runs as an ES module
-    data = os.urandom(100_000)
-    status, _, body = s.request("POST", "/echo", body=data)
-    assert json.loads(body) == {"length": 100_000, "sha256": hashlib.sha256(data).hexdigest()}
+    assert_bodies_arrive_whole(s, "/echo")
 
 
 def ready_workers(s, app):
@@ -85,7 +74,7 @@ def test_unlimited_concurrency_scales_out_past_the_threshold(make_server, apps_d
     held = Background()
     for _ in range(3):  # 3 in flight on one worker > scale_threshold 2
         held.start(s.get, hold_path(app))
-    wait_until(lambda: len(ready_workers(s, "node")) == 2, "a second worker")
+    poll_until(lambda: len(ready_workers(s, "node")) == 2, what="a second worker")
     (app / "release").write_text("")
     assert all(r[0] == 200 for r in held.results())
     assert s.app_status("node")["spawns"] == 2  # one more, not one per request

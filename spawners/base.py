@@ -120,6 +120,18 @@ def find_program(configured: str | None, *names: str) -> str | None:
     return None
 
 
+def resolve_program(app: AppConfig, key: str, names: tuple[str, ...], missing: str) -> list[tuple[str, str]]:
+    """Set `app.<key>` (python, ruby, node) to the program's absolute path: the configured one,
+    else the first of `names` on PATH. A problem for `key` when there is none; `missing` says
+    what to do when nothing was configured."""
+    configured = getattr(app, key)
+    exe = find_program(configured, *names)
+    if exe is None:
+        return [(key, f"{configured!r} not found or not executable" if configured else missing)]
+    setattr(app, key, exe)
+    return []
+
+
 def loader_path(filename: str) -> str:
     """Absolute path of a file in spawners/loaders (code that runs inside the app's runtime)."""
     return str(Path(__file__).with_name("loaders") / filename)

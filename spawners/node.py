@@ -20,7 +20,7 @@ from pathlib import Path
 
 from passenger_lite.manager.config import AppConfig
 
-from .base import Detection, WorkerContext, WorkerSpec, common_env, find_program, loader_path
+from .base import Detection, WorkerContext, WorkerSpec, common_env, loader_path, resolve_program
 
 STRONG = ("app.js", "server.js", "app.mjs", "server.mjs")
 FALLBACKS = ("app.js", "server.js", "index.js", "app.mjs", "server.mjs", "index.mjs", "app.cjs", "server.cjs",
@@ -125,13 +125,8 @@ class NodeSpawner:
                                               "set `entry:`"))
             else:
                 app.entry = entry
-        exe = find_program(app.node, "node", "nodejs")
-        if exe is None:
-            problems.append(("node", f"Node.js binary {app.node!r} not found or not executable"
-                             if app.node else "no node on PATH (Debian: apt-get install nodejs); set `node:`"))
-        else:
-            app.node = exe
-        return problems
+        return problems + resolve_program(app, "node", ("node", "nodejs"),
+                                          "no node on PATH (Debian: apt-get install nodejs); set `node:`")
 
     def worker_spec(self, ctx: WorkerContext) -> WorkerSpec:
         app = ctx.app

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from passenger_lite.manager.config import AppConfig
 
-from .base import Detection, WorkerContext, WorkerSpec, common_env, find_program, loader_path
+from .base import Detection, WorkerContext, WorkerSpec, common_env, loader_path, resolve_program
 
 GEMFILES = ("Gemfile", "gems.rb")
 
@@ -41,13 +41,8 @@ class RackSpawner:
             problems.append(("entry", f"rackup file {root / entry} not found"
                                       + ("" if app.entry else "; set `entry:` to the app's .ru file")))
         app.entry = entry
-        exe = find_program(app.ruby, "ruby")
-        if exe is None:
-            problems.append(("ruby", f"interpreter {app.ruby!r} not found or not executable"
-                             if app.ruby else "no ruby on PATH (Debian: apt-get install ruby); set `ruby:`"))
-        else:
-            app.ruby = exe
-        return problems
+        return problems + resolve_program(app, "ruby", ("ruby",),
+                                          "no ruby on PATH (Debian: apt-get install ruby); set `ruby:`")
 
     def worker_spec(self, ctx: WorkerContext) -> WorkerSpec:
         app = ctx.app
