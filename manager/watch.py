@@ -44,6 +44,14 @@ def ignored(rel: str | Path) -> bool:
     return bool(IGNORE_FILES.search(parts[-1]))
 
 
+def trigger_order(rels: set[str], root: Path) -> list[str]:
+    """Changed paths, the one to name first: a file that exists now (an editor's temporary file
+    that was renamed over the real one does not), not hidden, then by name."""
+    def key(rel: str):
+        return (not (root / rel).exists(), Path(rel).name.startswith("."), rel)
+    return sorted(rels, key=key)
+
+
 def watched_apps(site, dev: bool) -> dict[str, str]:
     """name -> root of the apps whose source changes restart them: with --dev every app unless
     it says `watch: false`; otherwise the apps that say `watch: true`."""
@@ -92,7 +100,7 @@ class AppWatch:
         try:
             async for changes in awatch(*paths, watch_filter=self._keep, stop_event=self._stop, debounce=DEBOUNCE_MS,
                                         step=STEP_MS, recursive=recursive, ignore_permission_denied=True):
-                rels = sorted({os.path.relpath(p, self.root) for _, p in changes})
+                rels = trigger_order({os.path.relpath(p, self.root) for _, p in changes}, self.root)
                 if not recursive and any(c is Change.added and os.path.isdir(p) for c, p in changes):
                     asyncio.get_running_loop().call_soon(self.rewatch)  # a new folder: watch inside it too
                 self.on_change(self.name, rels)
