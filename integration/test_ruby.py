@@ -63,3 +63,15 @@ def test_broken_rack_app_reports_the_ruby_error(make_server, apps_dir):
     assert b"no_such_gem_here" in body  # development error page: the loader's message
     st = s.app_status("broken")
     assert "exited during start" in st["last_error"]
+
+
+def test_rails_app_runs_unchanged_at_a_sub_path(make_server, apps_dir):
+    app = copy_app("rails_app", apps_dir)  # Debian's ruby-rails 6.1; its config/puma.rb names port 3000
+    s = make_server({"apps": [app_config("blog", app, path="/blog", env={"SECRET_KEY_BASE": "test-only"},
+                                         start_timeout=120)]}, ready_timeout=150)
+    status, _, body = s.get("/blog/")
+    assert status == 200 and body.startswith(b"hello from rails 6.")
+    assert s.get_json("/blog/env", host="blog.test") == {
+        "script_name": "/blog", "path_info": "/env", "root_path": "/blog/", "env_url": "http://blog.test/blog/env",
+        "relative_url_root": "/blog", "environment": "production"}
+    assert_bodies_arrive_whole(s, "/blog/echo", headers={"Content-Type": "application/octet-stream"})
