@@ -74,13 +74,15 @@ def alive(p: psutil.Process) -> bool:
 
 class Server:
     def __init__(self, workdir: Path, config: dict | str, *, port: int | None = None, args: tuple = (),
-                 env: dict | None = None, wait: bool = True, ready_timeout: float = 30):
+                 env: dict | None = None, wait: bool = True, ready_timeout: float = 30,
+                 app_user: str | None = "root"):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         if isinstance(config, dict):
             config = dict(config)
             config.setdefault("listen", [f"127.0.0.1:{self.port}"])
+            config = with_app_user(config, app_user)
             text = yaml.safe_dump(config, sort_keys=False)
         else:
             text = config.replace("@PORT@", str(self.port))
@@ -108,11 +110,14 @@ class Server:
         if self.env:
             env.update(self.env)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cli_command() + ["start", "--config", str(self.config), *self.args],
-                                     cwd=self.dir, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.command(), cwd=self.dir, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env)
         if self._wait:
             self.wait_ready(self.ready_timeout)
+
+    def command(self) -> list[str]:
+        """The `start` command line (a subclass may run it as another user)."""
+        return cli_command() + ["start", "--config", str(self.config), *self.args]
 
     def wait_ready(self, timeout: float = 30) -> dict:
         """Until the control socket answers and every app with min_processes > 0 has a ready
@@ -192,10 +197,13 @@ class Server:
 
     # ------------------------------------------------------------------ talking to it
 
-    def control(self, method: str, path: str, timeout: float = 60) -> tuple[int, dict]:
+    def control_path(self) -> Path:
         from passenger_lite.manager.runtimedir import control_socket
 
-        conn = _UnixHTTPConnection(str(control_socket(self.config)), timeout)
+        return control_socket(self.config)
+
+    def control(self, method: str, path: str, timeout: float = 60) -> tuple[int, dict]:
+        conn = _UnixHTTPConnection(str(self.control_path()), timeout)
         try:
             conn.request(method, path)
             r = conn.getresponse()
@@ -258,7 +266,22 @@ class Server:
             s.close()
 
 
+def with_app_user(config: dict, user: str | None) -> dict:
+    """Tests run as root, and a root manager runs an app whose folder root owns as nobody, who
+    cannot enter pytest's 0700 temp folders (issue 7). So, run as root, every app of a dict
+    config that does not say `user:` gets `user: <user>` (root): the apps run as they always did.
+    A test of the default rules passes app_user=None; YAML-text configs are written as given."""
+    if user is None or os.geteuid() != 0 or not isinstance(config.get("apps"), list):
+        return config
+    apps = [dict(a, user=user) if isinstance(a, dict) and "user" not in a else a for a in config["apps"]]
+    return dict(config, apps=apps)
+
+
 def app_config(name: str, root: Path, **kw) -> dict:
+    """One app of a dict config; run as root, with `user: root` unless `user=` is given (see
+    with_app_user: configs a test rewrites for a reload keep their apps' user)."""
     d = {"name": name, "root": str(root)}
+    if os.geteuid() == 0:
+        d["user"] = "root"
     d.update(kw)
     return d
