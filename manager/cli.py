@@ -32,8 +32,12 @@ def _load(path: str):
     reg = default_registry()
     for p in reg.problems:
         print(f"{PROG}: warning: {p}", file=sys.stderr)
+    from .users import UserPolicy
+
     try:
-        return config.load(path, reg)
+        site = config.load(path, reg)
+        UserPolicy.for_site(site)  # unknown users and groups are config errors too
+        return site
     except ConfigError as e:
         _fail(f"error in {e.render()}", 2)
 

@@ -226,7 +226,7 @@ class AppPool:
             spec = self.poolset.worker_spec(self, w)
             log.info("%s: spawning worker #%d: %s", self.name, wid, " ".join(spec.argv))
             await w.start(spec, self.app.start_timeout, self.poolset.printer, self.poolset.watchdog,
-                          user=self.poolset.user_for(self.app))
+                          user=w.user)
         except StartFailure as f:
             self.starting -= 1
             if w in self.workers:

@@ -13,8 +13,10 @@ from passenger_lite.spawners.base import WorkerContext, WorkerSpec
 
 from .config import AppConfig, Site
 from .pool import AppPool
+from .runtimedir import SOCKET_NAME, WorkerDirs
 from .states import WorkerState
-from .worker import Worker
+from .users import apply_user
+from .worker import StartFailure, Worker
 
 log = logging.getLogger("passenger_lite.manager")
 SWEEP_INTERVAL = 0.5
@@ -32,6 +34,7 @@ class PoolSet:
         self.pools: dict[str, AppPool] = {}
         self._waiting: list[AppPool] = []  # pools that wanted a slot when max_pool_size was reached
         self._sock_seq = 0
+        self._dirs: WorkerDirs | None = None  # the per-worker socket folders under workers_dir
         self._sweeper: asyncio.TimerHandle | None = None
         self.observers: list = []          # callables(pool) on spawn/exit events (metrics)
         for app in site.apps:
@@ -41,16 +44,37 @@ class PoolSet:
 
     def new_worker(self, pool: AppPool, wid: int) -> Worker:
         self._sock_seq += 1
-        sock = str(self.workers_dir / f"{self._sock_seq}.sock")
+        sock = str(self.workers_dir / str(self._sock_seq) / SOCKET_NAME)  # its folder is made in worker_spec
         wants_port = getattr(pool.spawner, "wants_port", None)  # optional per-app choice (command spawner)
         uses_port = wants_port(pool.app) if wants_port is not None else getattr(pool.spawner, "uses_port", False)
         port = _free_port() if uses_port else None
         return Worker(pool, wid, sock, port)
 
     def worker_spec(self, pool: AppPool, w: Worker) -> WorkerSpec:
+        """The worker's command; also settles its user and makes its socket folder (issue 7).
+        Raises StartFailure when that user cannot reach what the worker needs."""
+        try:
+            w.user = self.user_for(pool.app)
+        except LookupError as e:
+            raise StartFailure(pool.name, "user", str(e), cwd=pool.app.root) from None
+        folder = Path(w.sock).parent.name
+        dirs = self._worker_dirs()
+        dirs.prune()
+        dirs.track(folder, w)
+        dirs.make(folder, w.user)
+        if w.port is None:  # once it answers, the worker may no longer swap its socket
+            w.on_answer = lambda: dirs.seal(folder, w.user)
         ctx = WorkerContext(app=pool.app, socket=w.sock, port=w.port, environment=self.site.config.environment,
                             worker_id=w.id)
-        return pool.spawner.worker_spec(ctx)
+        spec = pool.spawner.worker_spec(ctx)
+        if w.user is not None:
+            apply_user(spec, w.user, pool.app, w.sock)
+        return spec
+
+    def _worker_dirs(self) -> WorkerDirs:
+        if self._dirs is None:
+            self._dirs = WorkerDirs(self.workers_dir)
+        return self._dirs
 
     def user_for(self, app: AppConfig):
         return self.users.for_app(app) if self.users is not None else None
@@ -116,6 +140,8 @@ class PoolSet:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await asyncio.gather(*(p.stop(timeout) for p in self.pools.values()), return_exceptions=True)
+        if self._dirs is not None:
+            self._dirs.close()
 
     def snapshot(self) -> list[dict]:
         return [p.snapshot() for p in self.pools.values()]

@@ -111,6 +111,7 @@ class Runtime:
         stop, changed ones get a rolling restart. Listening sockets stay open throughout."""
         try:
             new = configmod.load(self.site.path, self.registry)
+            users = _user_policy(new, announce=False)
         except ConfigError as e:
             log.error("reload rejected; the running config stays:\n%s", e)
             return {"ok": False, "error": str(e)}
@@ -127,6 +128,7 @@ class Runtime:
         from .pool import AppPool
 
         ps.site = new
+        ps.users = users
         for n in added:
             ps.pools[n] = AppPool(new_apps[n], self.registry.get(new_apps[n].type), ps)
         gone = {n: ps.pools.pop(n) for n in removed}
@@ -171,10 +173,15 @@ class Runtime:
         }
 
 
-def _user_policy(site: Site):
+def _user_policy(site: Site, announce: bool = True):
+    """Who the workers run as (raises ConfigError for unknown users); logs it once when not root."""
     from .users import UserPolicy
 
-    return UserPolicy.for_site(site)
+    policy = UserPolicy.for_site(site)
+    line = policy.summary() if announce else None
+    if line:
+        log.info(line)
+    return policy
 
 
 def run(site: Site, **kw) -> int:

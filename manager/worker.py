@@ -105,6 +105,8 @@ class Worker:
         self._readers: list[asyncio.Task] = []
         self.command = ""
         self.cwd = ""
+        self.user = None       # manager.users.WorkerUser it runs as; None: as the manager (issue 7)
+        self.on_answer = None  # called once its socket answers, before it takes requests; may raise
 
     def __repr__(self) -> str:
         return f"<Worker {self.app}#{self.id} pid={self.pid} {self.state.value}>"
@@ -129,7 +131,7 @@ class Worker:
         self.cwd = spec.cwd
         kw = {}
         if user is not None:
-            kw.update(user=user.uid, group=user.gid, extra_groups=user.groups)
+            kw.update(user.spawn_kwargs(asyncio.get_running_loop()))  # uvloop needs a preexec_fn
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *spec.argv, cwd=spec.cwd, env=spec.env, stdin=asyncio.subprocess.DEVNULL,
@@ -159,6 +161,13 @@ class Worker:
                 break
             await asyncio.wait([self._exit_task], timeout=min(delay, max(remaining, 0.001)))
             delay = min(delay * 1.6, 0.1)
+        if self.on_answer is not None:
+            try:
+                self.on_answer()  # the poolset locks the socket's folder and checks the socket
+            except Exception as e:  # noqa: BLE001 - reported as a failed start
+                await self.kill()
+                await self._drain_output()
+                raise self._failure("socket", str(e)) from None
         if self.state is not W.STARTING:  # stopped while starting (shutdown, restart)
             raise self._failure("start", "the worker was stopped before it became ready")
         self.ready_mono = time.monotonic()
