@@ -10,21 +10,15 @@ import subprocess
 import threading
 import time
 
+import psutil
 import yaml
 
 from harness import Server, app_config, cli_command, copy_app, run_cli
+from rawhttp import poll_until
 
 
-def poll(what: str, fn, timeout: float = 20.0, every: float = 0.05):
-    """fn() until it returns something truthy; fail naming `what` if it never does."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
+def ready_workers(s, app: str) -> int:
+    return sum(w["state"] == "ready" for w in s.app_status(app)["workers"])
 
 
 def in_thread(fn, *args) -> tuple[threading.Thread, list]:
@@ -83,10 +77,12 @@ def test_restart_reload_and_stop_through_the_cli(make_server, apps_dir):
     s.config.write_text(yaml.safe_dump(cfg))
     r = s.cli("reload")
     assert r.returncode == 0 and "added second" in r.stdout, r
-    poll("the added app answers", lambda: s.get("/second/")[2] == b"hello from ops_app\n")
+    poll_until(lambda: s.get("/second/")[2] == b"hello from ops_app\n", what="the added app answers")
 
-    r = s.cli("stop")
-    assert r.returncode == 0, r
+    workers = [w["pid"] for a in s.status()["apps"] for w in a["workers"]]
+    r = s.cli("stop")  # returns once the manager has stopped its workers
+    assert r.returncode == 0 and r.stdout == "stopping…\nstopped\n", r
+    assert not [pid for pid in workers if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     assert s.proc.wait(40) == 0
     s.stop()  # checks that no process is left
     r = s.cli("status")
@@ -99,7 +95,7 @@ def test_restart_reload_and_stop_through_the_cli(make_server, apps_dir):
 def test_status_numbers_match_the_requests_sent(make_server, apps_dir, tmp_path):
     ops = copy_app("ops_app", apps_dir)
     s = make_server({"apps": [app_config("ops", ops, min_processes=2, max_processes=2, concurrency=1)]})
-    poll("two ready workers", lambda: sum(w["state"] == "ready" for w in s.app_status("ops")["workers"]) == 2)
+    poll_until(lambda: ready_workers(s, "ops") == 2, what="two ready workers")
     served: dict[int, int] = {}
     for _ in range(9):
         pid = int(s.get("/pid")[2])
@@ -124,9 +120,11 @@ def test_status_numbers_match_the_requests_sent(make_server, apps_dir, tmp_path)
     # two requests held on the two workers, a third one waiting in the queue
     gate = tmp_path / "release"
     held = [in_thread(s.get, f"/hold?until={gate}") for _ in range(3)]
-    st = poll("2 in flight and 1 queued", lambda: (lambda a: a if a["queue"] == 1 and
-                                                    sum(w["in_flight"] for w in a["workers"]) == 2 else None)(
-        s.app_status("ops")))
+    def held_and_queued():
+        a = s.app_status("ops")
+        return a if a["queue"] == 1 and sum(w["in_flight"] for w in a["workers"]) == 2 else None
+
+    st = poll_until(held_and_queued, what="2 in flight and 1 queued")
     assert sorted(w["in_flight"] for w in st["workers"]) == [1, 1]
     human = s.cli("status").stdout
     assert "ops  running · python-wsgi · */ · queue 1 · 10 requests" in human, human
@@ -146,7 +144,7 @@ def test_status_numbers_match_the_requests_sent(make_server, apps_dir, tmp_path)
 def test_worker_output_is_whole_prefixed_lines_even_when_two_workers_write_half_lines(make_server, apps_dir):
     ops = copy_app("ops_app", apps_dir)
     s = make_server({"apps": [app_config("ops", ops, min_processes=2, max_processes=2, concurrency=1)]})
-    poll("two ready workers", lambda: sum(w["state"] == "ready" for w in s.app_status("ops")["workers"]) == 2)
+    poll_until(lambda: ready_workers(s, "ops") == 2, what="two ready workers")
     threads = [in_thread(s.get, f"/halflines?tag={tag}&n=4") for tag in ("A", "B")]
     pids = {}
     for tag, (t, out) in zip(("A", "B"), threads):
@@ -159,7 +157,7 @@ def test_worker_output_is_whole_prefixed_lines_even_when_two_workers_write_half_
         text = s.logs()
         return text if text.count("-end pid=") >= 16 else None
 
-    text = poll("16 worker lines in the log", complete)
+    text = poll_until(complete, what="16 worker lines in the log")
     lines = [ln for ln in text.splitlines() if "-begin" in ln or "-end" in ln]
     assert len(lines) == 16, lines
     for ln in lines:
@@ -179,8 +177,8 @@ def test_access_log_json_has_one_line_per_request_with_timings(make_server, apps
     s.get("/ops/status?code=404")
     s.get("/elsewhere")  # no app there: answered before routing
     path = s.dir / "logs" / "access.jsonl"
-    lines = poll("3 access log lines", lambda: path.exists() and len(path.read_text().splitlines()) >= 3 and
-                 path.read_text().splitlines())
+    lines = poll_until(lambda: path.exists() and len(path.read_text().splitlines()) >= 3 and
+                 path.read_text().splitlines(), what="3 access log lines")
     recs = [json.loads(x) for x in lines]
     assert len(recs) == 3
     a, b, c = recs
@@ -201,7 +199,7 @@ def test_access_log_text_to_a_file_reopened_on_sigusr1(make_server, apps_dir):
     s = make_server({"access_log": "access.log", "apps": [app_config("ops", ops)]})
     _, h, body = s.get("/pid", headers={"X-Request-Id": "rid-two"})
     path = s.dir / "access.log"
-    line = poll("an access log line", lambda: path.exists() and path.read_text())
+    line = poll_until(lambda: path.exists() and path.read_text(), what="an access log line")
     m = re.fullmatch(r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /pid HTTP/1\.1" 200 (\d+) '
                      r'"127\.0\.0\.1:(\d+)" app=ops worker=1 pid=(\d+) total_ms=([\d.]+) queue_ms=([\d.]+) '
                      r'upstream_ms=([\d.]+) rid=(\S+)\n', line)
@@ -211,9 +209,9 @@ def test_access_log_text_to_a_file_reopened_on_sigusr1(make_server, apps_dir):
     # logrotate: move the file away, SIGUSR1, and the next lines go to a new file
     path.rename(s.dir / "access.log.1")
     s.proc.send_signal(signal.SIGUSR1)
-    poll("the reopen is logged", lambda: "log files reopened" in s.logs())
+    poll_until(lambda: "log files reopened" in s.logs(), what="the reopen is logged")
     s.get("/status?code=201")
-    assert " 201 " in poll("a line in the new file", lambda: path.exists() and path.read_text())
+    assert " 201 " in poll_until(lambda: path.exists() and path.read_text(), what="a line in the new file")
     assert (s.dir / "access.log.1").read_text() == line
 
 
@@ -222,7 +220,7 @@ def test_log_file_gets_the_manager_log_and_the_worker_output(make_server, apps_d
     s = make_server({"log_file": "manager.log", "apps": [app_config("ops", ops)]})
     s.get("/halflines?tag=Z&n=1")
     path = s.dir / "manager.log"
-    text = poll("the worker's lines in log_file", lambda: "Z0-end" in path.read_text() and path.read_text())
+    text = poll_until(lambda: "Z0-end" in path.read_text() and path.read_text(), what="the worker's lines")
     assert re.search(r"passenger-lite \| ops: worker #1 \(pid \d+\) ready in \d+ ms", text), text
     assert re.search(r"ops\.1\[\d+\] *\| Z0-begin Z0-end", text), text
     s.stop()
@@ -275,7 +273,7 @@ def test_start_on_a_terminal_shows_apps_booting_then_a_table_of_urls(tmp_path, a
                                               app_config("lazy", ops, path="/lazy", min_processes=0)]})
     try:
         s.start()
-        text = poll("the start-up table", lambda: "Ctrl-C stops" in s.text() and s.text())
+        text = poll_until(lambda: "Ctrl-C stops" in s.text() and s.text(), what="the start-up table")
         assert re.search(r"ops +starting… \d+\.\ds", text)  # live, with the elapsed time
         assert re.search(r"ops +ready in \d+\.\ds", text)
         plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
@@ -293,5 +291,5 @@ def test_start_on_a_terminal_shows_apps_booting_then_a_table_of_urls(tmp_path, a
 
 def test_start_off_a_terminal_logs_plain_lines(make_server, apps_dir):
     s = make_server({"apps": [app_config("ops", copy_app("ops_app", apps_dir))]})
-    poll("the serving line", lambda: "serving 1 app(s) on http://127.0.0.1:" in s.logs())
+    poll_until(lambda: "serving 1 app(s) on http://127.0.0.1:" in s.logs(), what="the serving line")
     assert "\x1b[" not in s.logs() and "Ctrl-C stops" not in s.logs()

@@ -178,9 +178,44 @@ def cmd_reload(a: argparse.Namespace) -> int:
     return 0
 
 
+STOP_WAIT = 300.0  # seconds `stop` waits for the manager to finish (requests, then workers)
+
+
+def _wait_stopped(config: str, timeout: float) -> bool:
+    """Block until the manager releases its instance lock, the last thing it does once its
+    workers are gone (the kernel releases it too if the manager is killed)."""
+    import fcntl
+    import signal
+
+    from .runtimedir import instance_dir
+
+    try:
+        fd = os.open(instance_dir(Path(config)) / "lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return True
+
+    def expired(*_):
+        raise TimeoutError
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.close(fd)
+
+
 def cmd_stop(a: argparse.Namespace) -> int:
-    _, data = control(a.config, "POST", "/stop")
-    print("stopping")
+    control(a.config, "POST", "/stop")
+    print("stopping…", flush=True)
+    if not _wait_stopped(a.config, STOP_WAIT):
+        _fail(f"the manager is still stopping after {STOP_WAIT:g} s")
+    print("stopped")
     return 0
 
 
