@@ -5,7 +5,7 @@ import re
 import yaml
 
 from harness import app_config, copy_app
-from test_ops import poll
+from rawhttp import poll_until
 
 APP = '''def application(environ, start_response):
     body = b"{text}\\n"
@@ -35,10 +35,13 @@ def test_a_source_edit_restarts_the_app_and_a_broken_one_shows_the_error_until_f
     pids = {w["pid"] for w in s.app_status("dev")["workers"]}
 
     write_app(root, "version two")
-    poll("the new code answers", body_is(s, "version two"))
-    app = poll("the restart is complete", lambda: (lambda a: a if a["restarts"] == 1 and len(a["workers"]) == 2
-                                                  and all(w["state"] == "ready" for w in a["workers"]) else None)(
-        s.app_status("dev")))
+    poll_until(body_is(s, "version two"), what="the new code answers")
+    def restarted():
+        a = s.app_status("dev")
+        done = a["restarts"] == 1 and len(a["workers"]) == 2 and all(w["state"] == "ready" for w in a["workers"])
+        return a if done else None
+
+    app = poll_until(restarted, what="the restart is complete")
     assert app["last_restart"]["reason"] == "passenger_wsgi.py changed"
     assert not pids & {w["pid"] for w in app["workers"]}  # every worker was replaced
     assert re.search(r"dev: passenger_wsgi\.py changed( \(and 1 more\))?; restarting its workers", s.logs())
@@ -49,17 +52,17 @@ def test_a_source_edit_restarts_the_app_and_a_broken_one_shows_the_error_until_f
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("x")
     (root / "settings.py").write_text("DEBUG = True\n")
-    poll("a restart for settings.py", lambda: s.app_status("dev")["restarts"] == 2)
+    poll_until(lambda: s.app_status("dev")["restarts"] == 2, what="a restart for settings.py")
     changed = re.findall(r"dev: (\S+) changed(?: \(and (\d+) more\))?; restarting", s.logs())
     assert changed[-1] == ("settings.py", ""), changed  # named alone: nothing ignored came with it
     assert s.app_status("dev")["last_restart"]["reason"] == "settings.py changed"
 
     # a syntax error: the new workers cannot boot, so the old ones go and the error page shows
     (root / "passenger_wsgi.py").write_text("def application(environ, start_response:\n")
-    status, _, page = poll("the error page", lambda: (lambda r: r if r[0] == 503 else None)(s.get("/")))
+    _, _, page = poll_until(lambda: (lambda r: r if r[0] == 503 else None)(s.get("/")), what="the error page")
     assert b"SyntaxError" in page and b"passenger_wsgi.py" in page  # development: the details are shown
     write_app(root, "version three")
-    poll("the fixed code answers", body_is(s, "version three"))
+    poll_until(body_is(s, "version three"), what="the fixed code answers")
 
 
 def test_apps_watch_only_with_dev_or_watch_true(make_server, apps_dir):
@@ -71,12 +74,12 @@ def test_apps_watch_only_with_dev_or_watch_true(make_server, apps_dir):
                      "apps": [app_config("a", a, watch=True), app_config("b", b, path="/b")]})
     assert "a: watching" in s.logs() and "b: watching" not in s.logs()
     write_app(a, "app a v2")
-    poll("a restarted", body_is(s, "app a v2"))
+    poll_until(body_is(s, "app a v2"), what="a restarted")
     # b is not watched; its restart.txt still works (every mode)
     write_app(b, "app b v2")
     (b / "tmp").mkdir()
     (b / "tmp" / "restart.txt").write_text("")
-    poll("b restarted through restart.txt", lambda: s.get("/b/")[2] == b"app b v2\n")
+    poll_until(lambda: s.get("/b/")[2] == b"app b v2\n", what="b restarted through restart.txt")
     assert s.app_status("b")["restarts"] == 1  # the edit itself did not restart it
     assert s.app_status("b")["last_restart"]["reason"] == "tmp/restart.txt touched"
 
@@ -88,7 +91,7 @@ def test_touching_restart_txt_restarts_in_production_and_keeps_old_workers_if_th
     s = make_server({"apps": [app_config("ops", root)]})
     pid = s.get("/pid")[2]
     os.utime(root / "tmp" / "restart.txt", (1, 1))
-    poll("a new worker", lambda: s.get("/pid")[2] != pid)
+    poll_until(lambda: s.get("/pid")[2] != pid, what="a new worker")
     app = s.app_status("ops")
     assert app["restarts"] == 1 and app["last_restart"]["reason"] == "tmp/restart.txt touched"
     assert "ops: tmp/restart.txt touched; restarting its workers" in s.logs()
@@ -96,7 +99,7 @@ def test_touching_restart_txt_restarts_in_production_and_keeps_old_workers_if_th
     # production: broken new code does not take the old workers down
     (root / "passenger_wsgi.py").write_text("raise RuntimeError('broken deploy')\n")
     os.utime(root / "tmp" / "restart.txt", (2, 2))
-    poll("the failed restart is logged", lambda: "ops: restart failed" in s.logs())
+    poll_until(lambda: "ops: restart failed" in s.logs(), what="the failed restart is logged")
     assert s.get("/pid")[2] == pid
 
 
@@ -110,6 +113,6 @@ def test_a_reload_adds_the_watch_of_a_new_app(make_server, apps_dir):
     cfg["apps"].append(app_config("b", b, path="/b"))
     s.config.write_text(yaml.safe_dump(cfg))
     assert s.cli("reload").returncode == 0
-    poll("b is watched", lambda: "b: watching" in s.logs())
+    poll_until(lambda: "b: watching" in s.logs(), what="b is watched")
     write_app(b, "app b v2")
-    poll("b restarted", lambda: s.get("/b/")[2] == b"app b v2\n")
+    poll_until(lambda: s.get("/b/")[2] == b"app b v2\n", what="b restarted")

@@ -6,7 +6,7 @@ import threading
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import _UnixHTTPConnection, app_config, copy_app, free_port
-from test_ops import poll
+from rawhttp import poll_until
 
 
 def scrape(port_or_path, path: str = "/metrics") -> tuple[int, str, str]:
@@ -117,7 +117,7 @@ def test_health_is_503_while_an_app_cannot_start_and_names_it(make_server, apps_
     s = make_server({"metrics_listen": f"unix:{sock}",
                      "apps": [app_config("ops", copy_app("ops_app", apps_dir)),
                               app_config("crash", copy_app("boot_crash", apps_dir), path="/crash")]})
-    poll("crash has failed a start", lambda: s.app_status("crash")["last_error"])
+    poll_until(lambda: s.app_status("crash")["last_error"], what="crash has failed a start")
     status, ctype, body = scrape(sock, "/health")
     assert status == 503 and ctype.startswith("application/json")
     data = json.loads(body)

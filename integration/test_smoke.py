@@ -9,7 +9,7 @@ import psutil
 import yaml
 
 from harness import app_config, cli_command, copy_app, run_cli
-from test_ops import poll
+from rawhttp import poll_until
 
 
 def write_config(tmp_path, apps: list[dict], **site) -> str:
@@ -33,7 +33,7 @@ def leftovers(tmp_path) -> list[str]:
 
 def assert_no_leftovers(tmp_path) -> None:
     try:
-        poll("no process left behind", lambda: not leftovers(tmp_path), timeout=10)
+        poll_until(lambda: not leftovers(tmp_path), 10, what="no process left behind")
     except AssertionError:
         raise AssertionError(f"processes left behind: {leftovers(tmp_path)}") from None
 
@@ -157,7 +157,7 @@ def test_smoke_exits_2_on_a_config_error_and_1_when_interrupted(tmp_path, apps_d
     cfg = write_config(tmp_path, [app_config("slow", slow)])
     p = subprocess.Popen(cli_command() + ["smoke", "--config", cfg, "--verbose"], cwd=tmp_path,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    poll("the worker booting", lambda: str(slow) in cwds_of_children(p.pid))
+    poll_until(lambda: str(slow) in cwds_of_children(p.pid), what="the worker booting")
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 130, out

@@ -3,7 +3,10 @@
 Text lines start like NGINX's combined format, so the usual tools read them, and go on with
 what an app server adds:
 
-    127.0.0.1 - - [01/May/2025:12:00:01 +0000] "GET /posts?page=2 HTTP/1.1" 200 5120 "blog.test" app=blog worker=2 pid=4242 total_ms=12.4 queue_ms=0.1 upstream_ms=12.1 rid=9f3c2a1b-2a
+    127.0.0.1 - - [01/May/2025:12:00:01 +0000] "GET /posts?page=2 HTTP/1.1" 200 5120 "blog.test" \
+        app=blog worker=2 pid=4242 total_ms=12.4 queue_ms=0.1 upstream_ms=12.1 rid=9f3c2a1b-2a
+
+(one line; broken here to fit).
 
 `log_format: json` writes one JSON object per line with the same fields (see the README).
 Times come from the proxy's own clock readings (t0 = request parsed, t_worker = worker assigned,
@@ -22,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from .extras import hook_observers, unhook_observers
 from .output import log_path
 
 log = logging.getLogger("passenger_lite.manager")
@@ -122,14 +126,10 @@ class AccessLog:
 
         self._loop = asyncio.get_running_loop()
         self._open()
-        self.runtime.proxy.observers.append(self.observe)
-        self.runtime.proxy.early_observers.append(self.observe_early)
+        hook_observers(self.runtime.proxy, self)
 
     async def stop(self) -> None:
-        proxy = self.runtime.proxy
-        for lst, fn in ((proxy.observers, self.observe), (proxy.early_observers, self.observe_early)):
-            if fn in lst:
-                lst.remove(fn)
+        unhook_observers(self.runtime.proxy, self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -24,6 +24,19 @@ def build_extras(runtime) -> list:
     return extras
 
 
+def hook_observers(proxy, extra) -> None:
+    """Have the proxy call extra.observe(ex, status, aborted) per finished exchange and
+    extra.observe_early(status) per request answered before routing."""
+    proxy.observers.append(extra.observe)
+    proxy.early_observers.append(extra.observe_early)
+
+
+def unhook_observers(proxy, extra) -> None:
+    for lst, fn in ((proxy.observers, extra.observe), (proxy.early_observers, extra.observe_early)):
+        if fn in lst:
+            lst.remove(fn)
+
+
 class LogReopener:
     """SIGUSR1 reopens the log files (access_log, log_file) after logrotate moved them."""
 

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 
+from .extras import hook_observers, unhook_observers
 from .pool import rss_of
 from .states import AppState, WorkerState
 
@@ -140,9 +141,7 @@ class Metrics:
         if addr.kind == "tcp" and addr.port == 0:
             addr.port = self.runner.addresses[0][1]  # ephemeral: the port we got
         self.address = addr
-        proxy = self.runtime.proxy
-        proxy.observers.append(self.observe)
-        proxy.early_observers.append(self.observe_early)
+        hook_observers(self.runtime.proxy, self)
         log.info("metrics on %s/metrics, health on %s/health", self.url(), self.url())
 
     def url(self) -> str:
@@ -150,10 +149,7 @@ class Metrics:
         return f"unix:{a.path}" if a.kind == "unix" else f"http://{a}"
 
     async def stop(self) -> None:
-        proxy = self.runtime.proxy
-        for lst, fn in ((proxy.observers, self.observe), (proxy.early_observers, self.observe_early)):
-            if fn in lst:
-                lst.remove(fn)
+        unhook_observers(self.runtime.proxy, self)
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
