@@ -1,6 +1,7 @@
 """Helpers the language tests share: request bodies that must arrive whole, and requests kept
 in flight in threads."""
 import hashlib
+import http.client
 import json
 import os
 import threading
@@ -43,3 +44,17 @@ class Background:
         for t in self._threads:
             t.join(timeout)
         return [self._values.get(i, TimeoutError("still running")) for i in range(len(self._threads))]
+
+
+def get_json_from(s, source_ip: str, path: str, **headers) -> dict:
+    """GET `path` from another loopback address (127.0.0.2, ...), so that the client's address
+    the app reports can be told apart from the front process's own 127.0.0.1."""
+    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30, source_address=(source_ip, 0))
+    try:
+        c.request("GET", path, headers=headers)
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 200, (r.status, body[:500])
+        return json.loads(body)
+    finally:
+        c.close()

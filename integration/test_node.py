@@ -1,9 +1,10 @@
 """Issue 3: Node.js apps under real node, through the real CLI: the listen() preload, CommonJS
 and ES modules, and scaling out of unlimited-concurrency workers."""
+import json
 import socket
 
-from checks import Background, assert_bodies_arrive_whole
-from harness import app_config, copy_app
+from checks import Background, assert_bodies_arrive_whole, get_json_from
+from harness import APPS, app_config, copy_app
 from rawhttp import poll_until
 
 
@@ -21,12 +22,13 @@ def test_node_app_routes_bodies_and_environment(make_server, apps_dir):
     assert s.get("/n/", host="node.test")[2] == b"hello from node\n"
     assert s.get("/rack/")[2] == b"hello from rack\n"
     assert s.get("/")[2] == b"hello from wsgi\n"
-    env = s.get_json("/n/env?a=1", host="node.test")
+    env = get_json_from(s, "127.0.0.2", "/n/env?a=1", Host="node.test")
     assert env["url"] == "/n/env?a=1"  # Node apps see the full path (and PASSENGER_LITE_MOUNT)
     assert env["env"]["PASSENGER_LITE_MOUNT"] == "/n"
     assert env["env"]["NODE_ENV"] == "production" and env["env"]["TEST_VAR"] == "1"
     assert env["env"]["PASSENGER_LITE_APP"] == "node" and "PORT" not in env["env"]
-    assert env["headers"]["x-forwarded-for"] == "127.0.0.1"
+    assert env["headers"]["x-forwarded-for"] == "127.0.0.2"
+    assert env["remote"] == "127.0.0.2"  # the client's address, though the worker is on a Unix socket
     assert_bodies_arrive_whole(s, "/n/echo", host="node.test")
     status, headers, body = s.get("/n/stream", host="node.test")
     assert body == b"part 0\npart 1\npart 2\n" and headers.get("transfer-encoding") == "chunked"
@@ -78,3 +80,17 @@ def test_unlimited_concurrency_scales_out_past_the_threshold(make_server, apps_d
     (app / "release").write_text("")
     assert all(r[0] == 200 for r in held.results())
     assert s.app_status("node")["spawns"] == 2  # one more, not one per request
+
+
+def test_express_app_started_by_its_start_script(make_server):
+    root = APPS / "node_express"  # used in place: its node_modules come from `npm ci` (.ci/setup)
+    assert (root / "node_modules" / "express").is_dir(), "run .ci/setup (npm ci in tests/apps/node_express)"
+    s = make_server({"environment": "development",
+                     "apps": [app_config("express", root, hosts=["express.test"])]})
+    assert s.app_status("express")["type"] == "node"  # detected from package.json, entry bin/www
+    assert s.get("/", host="express.test")[2] == b"hello from express\n"
+    assert get_json_from(s, "127.0.0.3", "/env?x=1", Host="express.test") == {
+        "url": "/env?x=1", "env": "development", "ip": "127.0.0.3"}
+    status, _, body = s.request("POST", "/json", body=b'{"a": [1, 2]}', host="express.test",
+                                headers={"Content-Type": "application/json"})
+    assert status == 200 and json.loads(body) == {"got": {"a": [1, 2]}}

@@ -1,5 +1,5 @@
 """Issue 3: Ruby (Rack) apps under real ruby, rack and puma, through the real CLI."""
-from checks import assert_bodies_arrive_whole
+from checks import assert_bodies_arrive_whole, get_json_from
 from harness import app_config, copy_app
 
 
@@ -11,9 +11,10 @@ def test_rack_app_routes_bodies_and_environment(make_server, apps_dir):
     ]})
     assert s.get("/", host="rack.test")[2] == b"hello from rack\n"
     assert s.get("/")[2] == b"hello from wsgi\n"  # the other app, other language
-    env = s.get_json("/env?a=1", host="rack.test", headers={"X-Forwarded-Proto": "https"})
+    env = get_json_from(s, "127.0.0.2", "/env?a=1", Host="rack.test", **{"X-Forwarded-Proto": "https"})
     assert env["SCRIPT_NAME"] == "" and env["PATH_INFO"] == "/env" and env["QUERY_STRING"] == "a=1"
-    assert env["REMOTE_ADDR"] == "127.0.0.1" and env["rack.url_scheme"] == "http"  # the client's value is not trusted
+    assert env["REMOTE_ADDR"] == "127.0.0.2"  # the client's, though the worker is on a Unix socket
+    assert env["rack.url_scheme"] == "http"  # the client's X-Forwarded-Proto is not trusted
     assert env["env"]["RACK_ENV"] == "development" and env["env"]["RAILS_ENV"] == "development"
     assert env["env"]["TEST_VAR"] == "1" and env["env"]["PASSENGER_LITE_APP"] == "rack"
     assert "RAILS_RELATIVE_URL_ROOT" not in env["env"] and "BUNDLE_GEMFILE" not in env["env"]

@@ -9,6 +9,9 @@
 // On the server it takes over, it answers `OPTIONS *` (the manager's readiness probe) without
 // calling the app, and turns off Node's own keep-alive and request timeouts: the only client is
 // the passenger-lite front process, which keeps connections open and enforces its own timeouts.
+// A Unix socket has no peer address, so its connections report the client's address from the
+// X-Real-IP header the front process sets (req.socket.remoteAddress, Express's req.ip), looked up
+// only when the app asks.
 //
 // Environment (set by the manager): PASSENGER_LITE_SOCKET, the Unix socket path to bind.
 // Never loads passenger-lite; costs one extra function call per server event.
@@ -30,6 +33,21 @@ function answerProbe(server) {
   };
 }
 
+function clientAddress() {
+  const res = this._httpMessage; // the response being written on this connection
+  const ip = res && res.req && res.req.headers['x-real-ip'];
+  return ip || '127.0.0.1';
+}
+
+const PEER = {
+  remoteAddress: { get: clientAddress, configurable: true },
+  remoteFamily: { get() { return clientAddress.call(this).includes(':') ? 'IPv6' : 'IPv4'; }, configurable: true },
+};
+
+function reportClientAddress(socket) {
+  Object.defineProperties(socket, PEER);
+}
+
 if (SOCKET) {
   const listen = net.Server.prototype.listen;
   let taken = false;
@@ -45,6 +63,7 @@ if (SOCKET) {
       this.requestTimeout = 0;
       answerProbe(this);
     }
+    this.on('connection', reportClientAddress);
     const options = { path: SOCKET };
     return callback ? listen.call(this, options, callback) : listen.call(this, options);
   };

@@ -19,7 +19,8 @@ const server = http.createServer((req, res) => {
     for (const [k, v] of Object.entries(process.env)) {
       if (/^(PASSENGER|NODE_ENV|PORT$|TEST_)/.test(k)) env[k] = v;
     }
-    json(res, { url: req.url, method: req.method, headers: req.headers, env, pid: process.pid });
+    json(res, { url: req.url, method: req.method, headers: req.headers, env, pid: process.pid,
+                remote: req.socket.remoteAddress });
   } else if (url.pathname.endsWith('/echo')) {
     const hash = crypto.createHash('sha256');
     let length = 0;
