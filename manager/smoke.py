@@ -117,6 +117,8 @@ class Smoke:
                         self.results.append(Result(app.name, describe(app, s), message="skipped: the app did not boot",
                                                    skipped=True))
         finally:
+            order = {a.name: i for i, a in enumerate(runtime.site.apps)}
+            self.results.sort(key=lambda r: order.get(r.app, len(order)))  # per app: boot, then its requests
             runtime.commands.put_nowait(("stop", None))
 
     def _interrupt(self) -> None:
