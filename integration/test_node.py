@@ -12,6 +12,10 @@ def hold_path(app_dir):
     return f"/hold?until={app_dir / 'release'}"
 
 
+def ready_workers(s, app):
+    return [w for w in s.app_status(app)["workers"] if w["state"] == "ready"]
+
+
 def test_node_app_routes_bodies_and_environment(make_server, apps_dir):
     node = copy_app("node_echo", apps_dir)
     s = make_server({"apps": [
@@ -45,7 +49,7 @@ def test_hard_coded_port_app_runs_three_workers_that_all_serve(make_server, apps
         source = app / "app.js"
         source.write_text(source.read_text().replace("const PORT = 3000;", f"const PORT = {port};"))
         s = make_server({"apps": [app_config("node", app, min_processes=3, max_processes=3)]})
-        assert len([w for w in s.app_status("node")["workers"] if w["state"] == "ready"]) == 3
+        poll_until(lambda: len(ready_workers(s, "node")) == 3, what="three ready workers")
         held = Background()
         for _ in range(3):
             held.start(s.get, hold_path(app))
@@ -64,10 +68,6 @@ def test_es_module_app(make_server, apps_dir):
     assert s.get("/")[2] == b"hello from esm\n"
     assert s.get("/module")[2] == b"undefined"  # no `require`: it really runs as an ES module
     assert_bodies_arrive_whole(s, "/echo")
-
-
-def ready_workers(s, app):
-    return [w for w in s.app_status(app)["workers"] if w["state"] == "ready"]
 
 
 def test_unlimited_concurrency_scales_out_past_the_threshold(make_server, apps_dir):
