@@ -183,7 +183,10 @@ class AppPool:
             return
         if len(self.live) >= self.max + self._surge:
             return
-        self.spawn()
+        if self.spawn():
+            n = len(self.live)
+            log.info("%s: %d request(s) waiting: %s", self.name, len(self.queue),
+                     f"scaling up to {n + 1} workers" if n else "starting a worker on demand")
 
     def _scale_unlimited(self) -> None:
         """Concurrency 0: another worker when in-flight per worker passes the threshold."""
