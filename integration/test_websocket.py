@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from harness import APPS, app_config, copy_app
+from rawhttp import poll_until
 
 WS_APPS = {  # language -> (folder in tests/apps, app type)
     "asgi": ("starlette_app", "python-asgi"),
@@ -46,17 +47,6 @@ def ws_connect(s, path: str = "/ws", **kw):
     return connect(f"ws://127.0.0.1:{s.port}{path}", proxy=None, open_timeout=20, **kw)
 
 
-def wait_for(what: str, check, timeout: float = 20.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(every)
-
-
 def in_flight(s) -> list[int]:
     return [w["in_flight"] for w in s.app_status("ws")["workers"] if w["state"] == "ready"]
 
@@ -80,13 +70,13 @@ def test_websocket_echo_both_ways_with_close_codes(make_server, apps_dir, lang):
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=10)
         assert ws.close_code == 4001
-    wait_for("the worker to be given back", lambda: in_flight(s) == [0])
+    poll_until(lambda: in_flight(s) == [0], what="the worker to be given back")
     if lang != "asgi":
         with ws_connect(s, "/app/ws") as ws:  # the client closes with 4002: the app sees 4002
             ws.send("x")
             ws.recv(timeout=10)
             ws.close(4002, "bye")
-        last = wait_for("the app to see the close", lambda: json.loads(s.get("/app/last-close")[2]))
+        last = poll_until(lambda: json.loads(s.get("/app/last-close")[2]), what="the app to see the close")
         assert last == {"code": 4002, "reason": "bye"}
     assert s.get("/app/")[0] == 200
 
@@ -145,7 +135,7 @@ def test_open_websocket_keeps_a_concurrency_1_worker_checked_out(make_server, ap
         assert workers[first["pid"]]["in_flight"] == 1
         ws.send("b")
         assert ws.recv(timeout=10) == "echo: b"
-    wait_for("the WebSocket's worker to be free", lambda: all(n == 0 for n in in_flight(s)))
+    poll_until(lambda: all(n == 0 for n in in_flight(s)), what="the WebSocket's worker to be free")
 
 
 def test_websockets_scale_out_a_concurrency_0_app(make_server, apps_dir):
@@ -159,7 +149,7 @@ def test_websockets_scale_out_a_concurrency_0_app(make_server, apps_dir):
             socks.append(ws)
             ws.send(str(i))
             assert ws.recv(timeout=10) == f"echo: {i}"
-        wait_for("a second worker", lambda: len(in_flight(s)) == 2, timeout=30)
+        poll_until(lambda: len(in_flight(s)) == 2, timeout=30, what="a second worker")
         ws = ws_connect(s).__enter__()  # the least busy worker (the new one) takes it
         socks.append(ws)
         ws.send("new")
@@ -168,7 +158,7 @@ def test_websockets_scale_out_a_concurrency_0_app(make_server, apps_dir):
     finally:
         for ws in socks:
             ws.close()
-    wait_for("all workers free", lambda: in_flight(s) == [0, 0])
+    poll_until(lambda: in_flight(s) == [0, 0], what="all workers free")
 
 
 def test_idle_websocket_is_closed_with_1001(make_server, apps_dir):
@@ -180,7 +170,7 @@ def test_idle_websocket_is_closed_with_1001(make_server, apps_dir):
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=30)
         assert ws.close_code == 1001
-    wait_for("the worker to be given back", lambda: in_flight(s) == [0])
+    poll_until(lambda: in_flight(s) == [0], what="the worker to be given back")
 
 
 def test_graceful_stop_lets_requests_finish_then_closes_websockets_with_1001(make_server, apps_dir):
@@ -192,7 +182,7 @@ def test_graceful_stop_lets_requests_finish_then_closes_websockets_with_1001(mak
         result = {}
         slow = threading.Thread(target=lambda: result.update(r=s.get("/slow?t=4")))
         slow.start()
-        wait_for("the slow request to reach the worker", lambda: in_flight(s) == [2])
+        poll_until(lambda: in_flight(s) == [2], what="the slow request to reach the worker")
         s.proc.send_signal(signal.SIGTERM)
         # while a request drains, the WebSocket still works
         ws.send("during")

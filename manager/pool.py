@@ -135,6 +135,7 @@ class AppPool:
         if failed:
             log.warning("%s: %s; taking it out of rotation", w.label, reason)
             if w.state is W.READY:
+                w.set_state(W.STOPPING, "unreachable")  # out of rotation now, before the queue below
                 self.loop.create_task(w.stop(self.shutdown_timeout, "unreachable"))
         else:
             w.served += 1

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .front import FrontProtocol
 
 _NO_BODY_STATUS = frozenset({204, 304})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_MAX_RESENDS = 3               # attempts to place a request that no worker has read yet
 MAX_IDLE = 64  # idle keep-alive connections kept per worker
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
@@ -85,7 +87,7 @@ class Exchange:
         self.t0 = front.loop.time()
         self.t_worker = 0.0
         self.t_response = 0.0
-        self.retried = False
+        self.retried = 0                    # times re-dispatched before any worker read it
         self.body_task = None
         self.last_worker = None             # who served it, for the access log (worker is cleared on release)
 
@@ -130,8 +132,8 @@ class Exchange:
             self.pool.release(worker, failed=True, reason=f"cannot connect to its socket: {e.strerror or e}")
             if self.finished:
                 return
-            if not self.retried:  # nothing was sent: another worker may take it
-                self.retried = True
+            if self.retried < _MAX_RESENDS:  # nothing was sent: another worker, or the queue, takes it
+                self.retried += 1
                 self.dispatch()
             else:
                 self.front.error(self, 502, "The application's worker could not be reached.")
@@ -141,6 +143,25 @@ class Exchange:
             self.pool.release(worker)
             return
         conn.send(self)
+
+    def resend(self, worker, exc: OSError) -> bool:
+        """The worker's end broke before it read this request (EPIPE or ECONNRESET: a worker that
+        has just died, or one that closed a keep-alive connection as we wrote to it). An
+        idempotent request held whole is placed again (RFC 9110 9.2.2); the worker's idle
+        connections are dropped, so the next try connects afresh, and a dead worker that
+        refuses it leaves the rotation. A worker that read the request and died: 502."""
+        if (self.resp_started or self.stream_body or self.finished or self.retried >= _MAX_RESENDS
+                or self.method not in _IDEMPOTENT):
+            return False
+        self.retried += 1
+        for c in worker.idle:
+            if c.transport is not None:
+                c.transport.close()
+        worker.idle.clear()
+        self.conn = None
+        self.release_worker()
+        self.dispatch()
+        return True
 
     # ------------------------------------------------------------------ the request
 
@@ -312,6 +333,8 @@ class Upstream(asyncio.Protocol):
         self.ex = None
         if ex.resp_started and self.until_close and not self.bad:
             self._complete(ex)  # a close-delimited body ends with the connection
+            return
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)) and ex.resend(self.worker, exc):
             return
         self._fail(ex, "the worker closed the connection" + (f" ({exc})" if exc else ""))
 

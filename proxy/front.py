@@ -312,6 +312,9 @@ class FrontProtocol(BaseProtocol):
             return
         if payload.is_eof():
             ex.body = payload.read_nowait(-1)
+            if cl is None and len(ex.body) > proxy.max_body:  # a chunked body that came whole
+                self.error(ex, 413, "", close=True)
+                return
             ex.dispatch()
             return
         if headers.get("Expect", "").lower() == "100-continue":
@@ -567,9 +570,10 @@ class FrontProtocol(BaseProtocol):
                 conn.ex = None
                 if conn.transport is not None:
                     conn.transport.abort()
-                ex.release_worker()
-                self.error(ex, 504, "", detail=f"no response within {ex.pool.response_timeout:g} s",
-                           close=not ex.req_done)
+                why = f"no response within {ex.pool.response_timeout:g} s"
+                # a worker of concurrency 1 stays busy with it: replace it rather than queue more behind it
+                ex.release_worker(failed=ex.worker is not None and ex.worker.concurrency == 1, reason=why)
+                self.error(ex, 504, "", detail=why, close=not ex.req_done)
             return
         if self.pending or self.closing:
             return

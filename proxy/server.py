@@ -19,6 +19,7 @@ from typing import Callable
 from passenger_lite.manager.config import Address, Site
 
 from .front import FrontProtocol
+from . import static
 from .pages import Pages
 from .router import Mount, Router
 
@@ -101,6 +102,7 @@ class Proxy:
         self._trusted = [ipaddress.ip_network(n, strict=False) for n in c.trusted_proxies]
         self._trusted_cache: dict[str, bool] = {}
         self.router: Router = Router(Mount(tuple(a.hosts), a.path, pools[a.name]) for a in site.apps)
+        self.statics = static.build(site.apps, pools)  # pool -> StaticFiles, only apps that have some
         self.https_port = next((a.port for a in site.addresses if a.tls and a.kind == "tcp"), 0)
 
     def is_trusted(self, ip: str) -> bool:
@@ -164,6 +166,11 @@ class Proxy:
 
     def _sweep(self) -> None:
         now = self.loop.time()
+        for st in self.statics.values():
+            try:
+                st.refresh()  # new top-level names in public/, a swapped `current` symlink
+            except Exception:  # noqa: BLE001 - a broken folder must not stop the timeouts
+                log.exception("refreshing static folders failed")
         for c in list(self.connections):
             try:
                 c.sweep(now)
