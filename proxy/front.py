@@ -298,6 +298,11 @@ class FrontProtocol(BaseProtocol):
         if pool.redirect_https and self.listener.scheme == "http" and proxy.https_port:
             self._redirect_https(ex, host)
             return
+        statics = proxy.statics
+        if statics and payload is EMPTY_PAYLOAD and not msg.upgrade:
+            st = statics.get(pool)
+            if st is not None and st.serve(self, ex, path, headers):
+                return
         if msg.upgrade:
             if not self._check_upgrade(ex, headers):
                 return
@@ -446,7 +451,7 @@ class FrontProtocol(BaseProtocol):
 
     # ------------------------------------------------------------------ writing responses
 
-    def write_head(self, parts: list) -> None:
+    def write_head(self, parts: list, body: bytes = b"") -> None:
         t = self.transport
         if t is None:
             return
@@ -457,6 +462,8 @@ class FrontProtocol(BaseProtocol):
             parts.append(_KEEP10)
         else:
             parts.append(_KEEP)
+        if body:  # a small body goes out with its head, in one write
+            parts.append(body)
         t.write(b"".join(parts))
 
     def finish(self, ex: Exchange) -> None:
