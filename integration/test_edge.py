@@ -34,6 +34,15 @@ def edge(tmp_path_factory):
     s.stop()
 
 
+def closing_answer(port: int, data: bytes) -> int:
+    """Send raw bytes; the status of the answer, once the server has also closed the connection."""
+    with RawConn(port, timeout=10) as c:
+        c.send(data)
+        status = c.response().status
+        assert c.closed_by_server()
+        return status
+
+
 def env_of(s, data: bytes) -> dict:
     r = exchange(s.port, data)
     assert r.status == 200, (r.status, r.body[:300])
@@ -165,10 +174,7 @@ def test_dot_segments_are_removed_before_routing(edge, target, app, path_info):
 @pytest.mark.parametrize("line", [b"GET /\r\n", b"GET /env\r\nHost: app.test\r\n\r\n", b"GET / HTTP\r\n"])
 def test_http_09_request_lines_are_answered_400_at_once(edge, line):
     # the header timeout is 30 s and the socket waits 10 s: an answer here came without waiting
-    with RawConn(edge.port, timeout=10) as c:
-        c.send(line)
-        assert c.response().status == 400
-        assert c.closed_by_server()
+    assert closing_answer(edge.port, line) == 400
 
 
 @pytest.mark.parametrize("data", [
@@ -177,10 +183,7 @@ def test_http_09_request_lines_are_answered_400_at_once(edge, line):
     b"GET / HTTP/3.0\r\nHost: app.test\r\n\r\n",
 ])
 def test_http_2_and_later_are_answered_505(edge, data):
-    with RawConn(edge.port) as c:
-        c.send(data)
-        assert c.response().status == 505
-        assert c.closed_by_server()
+    assert closing_answer(edge.port, data) == 505
 
 
 @pytest.mark.parametrize("te", [
@@ -218,10 +221,7 @@ def test_chunked_on_http_10_is_400(edge):
     b"GET /env HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
 ])
 def test_smuggling_inputs_are_rejected_by_the_parser(edge, data):
-    with RawConn(edge.port) as c:
-        c.send(data)
-        assert c.response().status == 400
-        assert c.closed_by_server()
+    assert closing_answer(edge.port, data) == 400
 
 
 @pytest.mark.parametrize("upgrade", ["h2c", "foo/1", "WebSocket2"])
