@@ -4,6 +4,7 @@ large upload and a large download (1 GiB each in a full run) pass through it at 
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 
@@ -91,6 +92,14 @@ def _download(port: int, host: str, n: int, out: dict) -> None:
         out["mbs"] = n / out["s"] / 1e6
 
 
+def import_rss(py: str) -> int | None:
+    """Peak RSS of an interpreter that only imports what the front process imports."""
+    code = ("import resource, passenger_lite.manager.runtime, passenger_lite.spawners.registry as r; "
+            "r.default_registry(); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    p = subprocess.run([py, "-c", code], capture_output=True, text=True)
+    return int(p.stdout.strip()) * 1024 if p.returncode == 0 and p.stdout.strip().isdigit() else None
+
+
 def measure(env: Env, nbytes: int) -> dict:
     kinds = ["asgi", "wsgi"]
     apps = [pl_app(env, kinds[i % 2], name=f"app{i + 1}", n=1, hosts=[f"app{i + 1}.bench"]) for i in range(6)]
@@ -98,7 +107,7 @@ def measure(env: Env, nbytes: int) -> dict:
         a["max_processes"] = 1
     inst = PLInstance("mem-pl", env.run / "pl" / "mem", pl_site([f"{H}:{P['mem-pl']}"], apps))
     svc = inst.start(env.procs, env.cli)
-    res: dict = {"apps": len(apps), "transfer_bytes": nbytes}
+    res: dict = {"apps": len(apps), "transfer_bytes": nbytes, "import_rss": import_rss(env.py)}
     try:
         inst.wait_ready()
         for a in apps:  # every app has served requests: the proxy's code paths are loaded
