@@ -179,6 +179,17 @@ def test_unknown_users_and_groups_are_config_errors_naming_the_key(open_dir, use
     assert r.returncode == 2 and f"{cfg}:1: default_user: 'root' is root" in r.stderr, r
 
 
+def test_a_reload_naming_an_unknown_user_is_rejected_and_the_old_config_stays(start, open_dir, users, python):
+    root = whoami_app(open_dir, owner=USER)
+    s = start({"apps": [app_config("a", root, python=python, user=None)]})
+    pid = s.get_json("/")["pid"]
+    s.config.write_text(s.config.read_text().replace("user: null", "user: no-such-user-r"))
+    r = s.cli("reload")
+    assert r.returncode == 2 and "apps[0] (a).user: unknown user 'no-such-user-r'" in r.stderr, r
+    me = s.get_json("/")
+    assert (me["pid"], me["uid"]) == (pid, pwd.getpwnam(USER).pw_uid)
+
+
 def test_an_app_its_user_cannot_read_fails_with_a_clear_error_page(start, open_dir, users, python):
     private = open_dir / "private"
     private.mkdir(mode=0o700)
