@@ -13,8 +13,11 @@ prefix (PASSENGER_LITE_MOUNT, `WorkerContext.mount`) and moves it into SCRIPT_NA
 
 Besides the members of `Spawner` below, a spawner may define `wants_port(app) -> bool` to choose
 the socket or a port per app (the command spawner does); without it, `uses_port` decides.
-Code that runs inside the app's runtime lives in spawners/loaders/ (`loader_path`) and never
-imports passenger_lite: the app's interpreter may be another Python, or Ruby, or Node.js.
+Code that runs inside the app's runtime (the built-ins' is in spawners/loaders/, `loader_path`;
+a plugin ships its own) never imports passenger_lite: the app's interpreter may be another
+Python, or Ruby, or Node.js. Helpers a spawner may use: `common_env` (the environment every
+worker gets), `find_program` / `resolve_program` (the app's interpreter), `Detection`.
+tests/plugins/hello_text is a complete third-party spawner in 25 lines.
 
 Third-party spawners register a class (or a factory returning an instance) in the entry-point
 group `passenger_lite.spawners`; the entry-point name is the app `type` it serves:
