@@ -254,16 +254,6 @@ def test_the_c_parser_is_required_at_start_up(tmp_path, apps_dir):
 # ---------------------------------------------------------------------------- the worker side
 
 
-def _has_spawner(kind: str) -> bool:
-    from importlib.metadata import entry_points
-
-    return any(e.name == kind for e in entry_points(group="passenger_lite.spawners"))
-
-
-needs_command = pytest.mark.skipif(not _has_spawner("command"),
-                                   reason="the `command` app type (spawners/command.py) is not installed yet")
-
-
 def raw_worker_app(apps_dir, name: str = "raw", **kw) -> dict:
     return app_config(name, copy_app("raw_worker", apps_dir), type="command",
                       command=[sys.executable, "worker.py", "$PASSENGER_LITE_SOCKET"], **kw)
@@ -272,8 +262,6 @@ def raw_worker_app(apps_dir, name: str = "raw", **kw) -> dict:
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory):
     """raw: the fake raw-HTTP worker (one process, response_timeout 2 s); broken: cannot start."""
-    if not _has_spawner("command"):
-        pytest.skip("the `command` app type (spawners/command.py) is not installed yet")
     d = tmp_path_factory.mktemp("bad")
     apps = d / "apps"
     apps.mkdir()
@@ -297,7 +285,6 @@ def get(port: int, path: str, conn: RawConn | None = None):
     return conn.final()[1]
 
 
-@needs_command
 @pytest.mark.parametrize("path", ["/cl-te", "/two-cl", "/two-cl-same", "/te-gzip", "/te-gzip-chunked", "/garbage",
                                   "/close"])
 def test_worker_responses_with_broken_framing_are_502(bad, path):
@@ -308,7 +295,6 @@ def test_worker_responses_with_broken_framing_are_502(bad, path):
     assert get(bad.port, "/ok").status == 200  # and the app goes on serving
 
 
-@needs_command
 def test_interim_responses_are_never_taken_as_final(bad):
     with RawConn(bad.port) as c:
         for path, status, body in (("/early-hints", 200, b"final"), ("/two-interim", 201, b"done")):
@@ -325,7 +311,6 @@ def worker_report(port: int) -> dict:
     return json.loads(r.body)
 
 
-@needs_command
 def test_an_unasked_101_is_502_and_its_connection_is_never_reused(bad):
     before = worker_report(bad.port)
     # a plain request, and one asking for h2c (never tunnelled): the worker answers 101 to both
@@ -342,14 +327,12 @@ def test_an_unasked_101_is_502_and_its_connection_is_never_reused(bad):
     assert after["after_upgrade"] == 0       # and nothing at all was written to one
 
 
-@needs_command
 def test_a_worker_that_does_not_answer_in_time_gets_504(bad):
     r = get(bad.port, "/hang")
     assert r.status == 504
     assert get(bad.port, "/ok").status == 200
 
 
-@needs_command
 def test_a_response_cut_short_is_never_completed(bad):
     with RawConn(bad.port) as c:
         c.send(request("GET", "/half", close=False))
@@ -357,14 +340,12 @@ def test_a_response_cut_short_is_never_completed(bad):
             c.response()
 
 
-@needs_command
 def test_an_app_that_cannot_start_gets_503_and_app_errors_pass_unchanged(bad):
     assert get(bad.port, "/broken/").status == 503
     r = get(bad.port, "/app-500")
     assert (r.status, r.body) == (500, b"oops")  # the app's own 500; the proxy never makes one
 
 
-@needs_command
 def test_the_request_head_a_worker_receives(bad):
     """What reaches the worker, byte for byte: each forwarding header once and ours, no
     underscore names, no hop-by-hop or Connection-named headers, Host as sent."""
