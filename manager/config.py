@@ -502,12 +502,57 @@ def _resolve_tls(tls: TLSConfig, base: Path, loc: tuple, bad) -> TLSConfig:
             bad(where, f"file {f} does not exist")
         return str(f)
 
+    def check(cert: str, key: str, where: tuple) -> None:
+        if os.path.isfile(cert) and os.path.isfile(key):
+            import ssl
+
+            try:
+                load_certificate(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), cert, key)
+            except ValueError as e:
+                bad(where, str(e))
+
     tls.cert = fix(tls.cert, loc + ("cert",))
     tls.key = fix(tls.key, loc + ("key",))
+    check(tls.cert, tls.key, loc + ("cert",))
     for i, c in enumerate(tls.certificates):
         c.cert = fix(c.cert, loc + ("certificates", i, "cert"))
         c.key = fix(c.key, loc + ("certificates", i, "key"))
+        check(c.cert, c.key, loc + ("certificates", i, "cert"))
     return tls
+
+
+def load_certificate(ctx, cert: str, key: str) -> None:
+    """Load a PEM certificate chain and its key into an ssl.SSLContext. Raises ValueError with
+    a reason a user can act on (OpenSSL's own is often just "PEM lib")."""
+    import ssl
+
+    try:
+        ctx.load_cert_chain(cert, key, password=b"")  # an encrypted key fails, never prompts
+        return
+    except ssl.SSLError as e:
+        reason = e.reason or ""
+    except OSError as e:
+        raise ValueError(f"cannot read {cert} or {key}: {e.strerror or e}") from None
+
+    def head(path: str) -> str:
+        try:
+            with open(path, "rb") as f:
+                return f.read(1 << 20).decode("latin-1")
+        except OSError:
+            return ""
+
+    c, k = head(cert), head(key)
+    if "-----BEGIN CERTIFICATE-----" not in c:
+        why = f"{cert} is not a PEM certificate"
+    elif "PRIVATE KEY-----" not in k:
+        why = f"{key} is not a PEM private key"
+    elif "ENCRYPTED" in k:
+        why = f"the key {key} is encrypted with a passphrase; give passenger-lite an unencrypted key"
+    elif reason == "KEY_VALUES_MISMATCH":
+        why = f"the key {key} does not belong to the certificate {cert}"
+    else:
+        why = f"{cert} with {key} cannot be used ({reason or 'OpenSSL could not load them'})"
+    raise ValueError(why)
 
 
 def _problem_from_pydantic(data: Any, err: dict) -> Problem:

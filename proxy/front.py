@@ -296,7 +296,7 @@ class FrontProtocol(BaseProtocol):
         pool = mount.target
         ex = self.ex = Exchange(self, pool, msg, target, host_header)
         if pool.redirect_https and self.listener.scheme == "http" and proxy.https_port:
-            self._redirect_https(ex, host)
+            self._redirect_https(ex, host, payload)
             return
         statics = proxy.statics
         if statics and payload is EMPTY_PAYLOAD and not msg.upgrade:
@@ -541,11 +541,18 @@ class FrontProtocol(BaseProtocol):
             self.closing = True
             self.transport.close()
 
-    def _redirect_https(self, ex: Exchange, host: str) -> None:
+    def _redirect_https(self, ex: Exchange, host: str, payload) -> None:
+        if not host:
+            self.error(ex, 400, "This app is served over HTTPS only; the request names no host.", close=True)
+            return
+        if payload is not EMPTY_PAYLOAD:
+            self.keep_alive = False  # the body is never read: nothing more on this connection
         port = self.proxy.https_port
         loc = "https://" + host + ("" if port == 443 else f":{port}") + ex.target
-        ex.status = 301
-        self.write_head([b"HTTP/1.1 301 Moved Permanently\r\n",
+        # 308 keeps the method and body of a POST; 301 is what every client knows for GET
+        ex.status = 301 if ex.method in ("GET", "HEAD") else 308
+        self.write_head([b"HTTP/1.1 301 Moved Permanently\r\n" if ex.status == 301 else
+                         b"HTTP/1.1 308 Permanent Redirect\r\n",
                          b"Location: %s\r\nContent-Length: 0\r\n" % loc.encode("utf-8", "surrogateescape")])
         self.finish(ex)
 

@@ -12,7 +12,6 @@ import logging
 import os
 import secrets
 import socket
-import ssl
 import stat
 from typing import Callable
 
@@ -22,6 +21,7 @@ from .front import FrontProtocol
 from . import static
 from .pages import Pages
 from .router import Mount, Router
+from .tls import ListenerTLS, TLSError
 
 log = logging.getLogger("passenger_lite.proxy")
 SWEEP_INTERVAL = 0.5
@@ -34,38 +34,10 @@ class Listener:
         self.port = address.port
         self.count = 0
         self.server: asyncio.AbstractServer | None = None
+        self.tls: ListenerTLS | None = None
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.address}" if self.address.kind == "tcp" else str(self.address)
-
-
-def tls_context(address: Address) -> ssl.SSLContext:
-    """A server context for the listener's certificate, switching certificates by SNI."""
-    tls = address.tls
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls.cert, tls.key)
-    ctx.set_alpn_protocols(["http/1.1"])
-    by_host: list[tuple[str, ssl.SSLContext]] = []
-    for extra in tls.certificates:
-        c = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        c.minimum_version = ssl.TLSVersion.TLSv1_2
-        c.load_cert_chain(extra.cert, extra.key)
-        c.set_alpn_protocols(["http/1.1"])
-        by_host += [(h.lower(), c) for h in extra.hosts]
-    if by_host:
-        def pick(sslobj, server_name, _ctx):
-            if not server_name:
-                return None
-            name = server_name.lower().rstrip(".")
-            for pattern, c in by_host:
-                if pattern == name or (pattern.startswith("*.") and name.endswith(pattern[1:])):
-                    sslobj.context = c
-                    return None
-            return None
-
-        ctx.sni_callback = pick
-    return ctx
 
 
 class Proxy:
@@ -104,6 +76,21 @@ class Proxy:
         self.router: Router = Router(Mount(tuple(a.hosts), a.path, pools[a.name]) for a in site.apps)
         self.statics = static.build(site.apps, pools)  # pool -> StaticFiles, only apps that have some
         self.https_port = next((a.port for a in site.addresses if a.tls and a.kind == "tcp"), 0)
+        self._reload_tls(site)
+
+    def _reload_tls(self, site: Site) -> None:
+        """On reload: the listeners stay, their certificates are read again (renewals)."""
+        new = {str(a): a for a in site.addresses}
+        for lst in self.listeners:
+            a = new.get(str(lst.address))
+            if lst.tls is None or a is None or a.tls is None:
+                continue
+            try:
+                lst.tls.reload(a.tls)
+            except TLSError as e:
+                log.error("%s: %s; the certificates in use stay", lst, e)
+        if not self.https_port:
+            self.https_port = next((lst.port for lst in self.listeners if lst.scheme == "https"), 0)
 
     def is_trusted(self, ip: str) -> bool:
         if not self._trusted:
@@ -134,16 +121,22 @@ class Proxy:
         """Bind every configured address. Raises OSError naming the address on failure."""
         for addr in self.site.addresses:
             lst = Listener(addr)
-            ctx = tls_context(addr) if addr.tls else None
             factory = lambda lst=lst: FrontProtocol(self, lst)  # noqa: E731
             try:
+                ctx = None
+                tls = {}
+                if addr.tls:
+                    lst.tls = ListenerTLS(addr.tls)
+                    ctx = lst.tls.context
+                    # a client that never finishes its handshake is not kept past the header timeout
+                    tls = {"ssl": ctx, "ssl_handshake_timeout": self.client_header_timeout}
                 if addr.kind == "unix":
                     _remove_stale_socket(addr.path)
-                    lst.server = await self.loop.create_unix_server(factory, addr.path, ssl=ctx, backlog=1024)
+                    lst.server = await self.loop.create_unix_server(factory, addr.path, backlog=1024, **tls)
                     os.chmod(addr.path, 0o666)
                 else:
                     lst.server = await self.loop.create_server(
-                        factory, addr.host, addr.port, ssl=ctx, backlog=1024, reuse_address=True)
+                        factory, addr.host, addr.port, backlog=1024, reuse_address=True, **tls)
                     if addr.port == 0:  # ephemeral: remember what we got (tests, smoke)
                         lst.port = addr.port = lst.server.sockets[0].getsockname()[1]
             except OSError as e:
