@@ -197,6 +197,25 @@ def test_graceful_stop_lets_requests_finish_then_closes_websockets_with_1001(mak
     assert s.proc.wait(40) == 0  # the fixture then checks that no process is left
 
 
+def test_a_restart_closes_websockets_on_the_old_worker_after_shutdown_timeout(make_server, apps_dir):
+    """Otherwise a rolling restart never ends: the old worker would stay for as long as any
+    client keeps its WebSocket open."""
+    s = make_server({"shutdown_timeout": 1, "apps": [app_config("ws", copy_app("starlette_app", apps_dir))]})
+    old_pid = s.app_status("ws")["workers"][0]["pid"]
+    with ws_connect(s) as ws:
+        ws.send("a")
+        assert ws.recv(timeout=10) == "echo: a"
+        assert s.cli("restart", "ws").returncode == 0
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=30)
+        assert ws.close_code == 1001
+    poll_until(lambda: old_pid not in [w["pid"] for w in s.app_status("ws")["workers"]],
+               what="the old worker to stop")
+    with ws_connect(s) as ws:  # clients reconnect to the new worker
+        ws.send("b")
+        assert ws.recv(timeout=10) == "echo: b"
+
+
 def test_websocket_flow_control_bounds_the_proxys_memory(make_server, apps_dir):
     """A client that sends much and reads nothing: the proxy stops reading instead of buffering."""
     s = make_server({"apps": [app_config("ws", copy_app("starlette_app", apps_dir))]})

@@ -3,13 +3,15 @@
 The worker stays checked out (it counts as in flight) for the tunnel's whole life, so an open
 WebSocket never makes a concurrency-1 worker look free, and concurrency-0 apps scale on it.
 Frames are relayed unchanged, so close codes pass through. To close a tunnel ourselves (idle
-timeout, shutdown) we send close frames (1001 "going away") on both sides at a frame boundary,
-which `_Frames` tracks in each direction.
+timeout, shutdown, its worker draining for longer than shutdown_timeout) we send close frames
+(1001 "going away") on both sides at a frame boundary, which `_Frames` tracks in each direction.
 """
 from __future__ import annotations
 
 import os
 import struct
+
+from passenger_lite.manager.states import WorkerState
 
 
 class _Frames:
@@ -70,6 +72,7 @@ class Tunnel:
         self.last = proxy.loop.time()
         self.closed = False
         self.closing_since = 0.0
+        self.draining_since = 0.0  # when its worker was seen leaving the rotation
         self.to_up = _Frames()     # client -> worker
         self.to_front = _Frames()  # worker -> client
         front.tunnel = self
@@ -140,6 +143,15 @@ class Tunnel:
                 self.close()
         elif now - self.last > self.proxy.websocket_idle_timeout:
             self.go_away(1001)
+        else:
+            w = self.ex.worker
+            if w is not None and w.state is not WorkerState.READY:
+                # its worker is being replaced (restart, recycling) and stops once this ends:
+                # the WebSocket gets the app's shutdown_timeout, as a request would
+                if not self.draining_since:
+                    self.draining_since = now
+                elif now - self.draining_since > self.ex.pool.shutdown_timeout:
+                    self.go_away(1001)
 
     def close(self) -> None:
         for t in (self.front.transport, self.up.transport):
