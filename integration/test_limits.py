@@ -135,6 +135,25 @@ def test_connections_per_listener_are_limited(make_server, apps_dir):
             c.close()
 
 
+def test_a_client_that_stops_reading_is_cut_and_its_worker_freed(make_server, apps_dir):
+    # one worker of concurrency 1; a client asks for 100 MB and reads nothing more
+    s = make_server({"send_timeout": 2, "apps": [app_config("a", copy_app("wsgi_echo", apps_dir), min_processes=1,
+                                                            max_processes=1, queue_timeout=20)]})
+    with RawConn(s.port, timeout=30) as slow:
+        slow.send(request("GET", "/big?n=100000000", close=False))
+        assert slow.sock.recv(100).startswith(b"HTTP/1.1 200")
+        # without the cut this one waits behind it for the queue timeout (504)
+        status, _, body = s.get("/", timeout=30)
+        assert status == 200 and body == b"hello from wsgi\n"
+        got = 100
+        try:
+            while chunk := slow.sock.recv(1 << 20):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert got < 100_000_000
+
+
 # ---------------------------------------------------------------------------- under attack
 
 

@@ -282,6 +282,9 @@ class SiteConfig(_Model):
                                          description="Seconds a client may take to send a request's headers.")
     client_body_timeout: float = Field(default=60, gt=0,
                                        description="Seconds between two reads of a request body before 408.")
+    send_timeout: float = Field(default=60, gt=0,
+                                description="Seconds a client may take to accept more of a response before it is "
+                                            "cut off (a slow reader would hold its worker).")
     keepalive_timeout: float = Field(default=15, ge=0, description="Seconds an idle client connection is kept.")
     max_header_size: int = Field(default=8190, ge=256, description="Longest request line or header field (431 beyond).")
     max_headers: int = Field(default=100, ge=1, description="Most request header fields (431 beyond).")

@@ -84,6 +84,7 @@ class FrontProtocol(BaseProtocol):
         self.tunnel = None
         self.ws_tail = b""
         self.requests = 0
+        self.paused_at = 0.0           # when the client last stopped taking response bytes
 
     # ------------------------------------------------------------------ connection
 
@@ -140,6 +141,7 @@ class FrontProtocol(BaseProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        self.paused_at = self.loop.time()
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -579,6 +581,13 @@ class FrontProtocol(BaseProtocol):
             self.tunnel.sweep(now)
             return
         if ex is not None:
+            if self._paused and ex.resp_started and now - self.paused_at > proxy.send_timeout:
+                # a client that stopped reading would hold the worker as long as it likes
+                self._abandon(ex)
+                self.closing = True
+                if self.transport is not None:
+                    self.transport.abort()
+                return
             if ex.conn is not None and not ex.resp_started and now > ex.response_deadline:
                 conn = ex.conn
                 conn.ex = None

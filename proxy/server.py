@@ -69,6 +69,7 @@ class Proxy:
         self.max_body = site.client_max_body_size
         self.client_header_timeout = c.client_header_timeout
         self.client_body_timeout = c.client_body_timeout
+        self.send_timeout = c.send_timeout
         self.keepalive_timeout = c.keepalive_timeout
         self.websocket_idle_timeout = c.websocket_idle_timeout
         self._trusted = [ipaddress.ip_network(n, strict=False) for n in c.trusted_proxies]
