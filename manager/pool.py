@@ -236,6 +236,13 @@ class AppPool:
             if w in self.workers:
                 self.workers.remove(w)
             self.poolset.slot_freed()
+            if w.stop_reason:  # we stopped it while it started (a restart): not the app's failure
+                log.info("%s: worker #%d was stopped while starting (%s)", self.name, wid, w.stop_reason)
+                if not self.stopping:
+                    self.ensure_min()
+                    if self.queue:
+                        self._maybe_spawn()
+                return None
             self._start_failed(f)
             return None
         except Exception as e:  # noqa: BLE001 - a spawner bug is a failed start, not a crash
