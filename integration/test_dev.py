@@ -25,6 +25,15 @@ def body_is(s, text: str):
     return lambda: s.get("/")[2] == f"{text}\n".encode()
 
 
+def restarted(s, n: int):
+    """A condition: the app `dev` has had n restarts and they are over (two ready workers, nothing else)."""
+    def done():
+        a = s.app_status("dev")
+        over = a["restarts"] == n and len(a["workers"]) == 2 and all(w["state"] == "ready" for w in a["workers"])
+        return a if over else None
+    return done
+
+
 def test_a_source_edit_restarts_the_app_and_a_broken_one_shows_the_error_until_fixed(make_server, apps_dir):
     root = apps_dir / "dev"
     root.mkdir()
@@ -36,12 +45,7 @@ def test_a_source_edit_restarts_the_app_and_a_broken_one_shows_the_error_until_f
 
     write_app(root, "version two")
     poll_until(body_is(s, "version two"), what="the new code answers")
-    def restarted():
-        a = s.app_status("dev")
-        done = a["restarts"] == 1 and len(a["workers"]) == 2 and all(w["state"] == "ready" for w in a["workers"])
-        return a if done else None
-
-    app = poll_until(restarted, what="the restart is complete")
+    app = poll_until(restarted(s, 1), what="the restart is complete")
     assert app["last_restart"]["reason"] == "passenger_wsgi.py changed"
     assert not pids & {w["pid"] for w in app["workers"]}  # every worker was replaced
     assert re.search(r"dev: passenger_wsgi\.py changed( \(and 1 more\))?; restarting its workers", s.logs())
@@ -52,7 +56,7 @@ def test_a_source_edit_restarts_the_app_and_a_broken_one_shows_the_error_until_f
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("x")
     (root / "settings.py").write_text("DEBUG = True\n")
-    poll_until(lambda: s.app_status("dev")["restarts"] == 2, what="a restart for settings.py")
+    poll_until(restarted(s, 2), what="a restart for settings.py")
     changed = re.findall(r"dev: (\S+) changed(?: \(and (\d+) more\))?; restarting", s.logs())
     assert changed[-1] == ("settings.py", ""), changed  # named alone: nothing ignored came with it
     assert s.app_status("dev")["last_restart"]["reason"] == "settings.py changed"

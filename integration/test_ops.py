@@ -293,3 +293,33 @@ def test_start_off_a_terminal_logs_plain_lines(make_server, apps_dir):
     s = make_server({"apps": [app_config("ops", copy_app("ops_app", apps_dir))]})
     poll_until(lambda: "serving 1 app(s) on http://127.0.0.1:" in s.logs(), what="the serving line")
     assert "\x1b[" not in s.logs() and "Ctrl-C stops" not in s.logs()
+
+
+def test_a_restart_while_a_worker_boots_is_not_a_failed_start(make_server, apps_dir, tmp_path):
+    """The worker the restart stops while it boots is replaced at once; the app is not marked as
+    failing (no backoff, no error page blaming SIGTERM)."""
+    root = apps_dir / "gated"
+    root.mkdir()
+    gate = tmp_path / "boot"
+    (root / "passenger_wsgi.py").write_text(
+        "import os, time\n"
+        f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.01)\n"
+        "def application(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n")
+    s = make_server({"apps": [app_config("gated", root)]}, wait=False)
+    def booting():
+        try:
+            return [w for w in s.app_status("gated")["workers"] if w["state"] == "starting"]
+        except OSError:  # the control socket is not there yet
+            return None
+
+    poll_until(booting, what="a worker booting")
+    done, out = in_thread(s.cli, "restart", "gated")
+    poll_until(lambda: [w["id"] for w in s.app_status("gated")["workers"]] == [2], what="#1 replaced by #2")
+    gate.write_text("")
+    done.join(60)
+    assert out[0].returncode == 0, out[0]
+    poll_until(lambda: ready_workers(s, "gated") == 1, what="#2 ready")
+    app = s.app_status("gated")
+    assert app["failed_starts"] == 0 and app["last_error"] is None and app["state"] == "running"
+    assert s.get("/")[2] == b"ok"
