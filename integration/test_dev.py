@@ -120,3 +120,16 @@ def test_a_reload_adds_the_watch_of_a_new_app(make_server, apps_dir):
     poll_until(lambda: "b: watching" in s.logs(), what="b is watched")
     write_app(b, "app b v2")
     poll_until(lambda: s.get("/b/")[2] == b"app b v2\n", what="b restarted")
+
+
+def test_a_folder_created_after_start_is_watched_too(make_server, apps_dir):
+    root = apps_dir / "dev"
+    root.mkdir()
+    write_app(root, "v1")
+    s = make_server({"apps": [app_config("dev", root)]}, args=("--dev",))
+    (root / "lib").mkdir()  # a new top-level folder: a restart, and a watch inside it
+    poll_until(lambda: s.app_status("dev")["restarts"] == 1, what="a restart for lib/")
+    poll_until(lambda: [w["state"] for w in s.app_status("dev")["workers"]] == ["ready"], what="the restart over")
+    (root / "lib" / "helpers.py").write_text("X = 1\n")
+    poll_until(lambda: s.app_status("dev")["restarts"] == 2, what="a restart for lib/helpers.py")
+    assert s.app_status("dev")["last_restart"]["reason"] == "lib/helpers.py changed"
