@@ -238,3 +238,21 @@ def test_a_deploy_that_swaps_the_current_symlink_is_followed(make_server, apps_d
     os.symlink(two, apps_dir / "next")
     os.replace(apps_dir / "next", current)  # atomic, as Capistrano does
     poll_until(lambda: s.get("/version.txt")[2] == b"release 2\n", timeout=10, what="the new release served")
+
+
+def test_a_download_the_client_stops_reading_is_cut_after_send_timeout(make_server, apps_dir):
+    root = copy_app("wsgi_echo", apps_dir)
+    (root / "public").mkdir()
+    with open(root / "public" / "huge.bin", "wb") as f:
+        f.truncate(256 * 1024 * 1024)  # sparse: far more than every socket buffer on the way
+    s = make_server({"send_timeout": 1, "apps": [app_config("a", root)]})
+    front = psutil.Process(s.proc.pid)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        assert c.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+        poll_until(lambda: any(f.path.endswith("huge.bin") for f in front.open_files()), what="the download to start")
+        # we read nothing more: the server gives up on us and closes the file
+        poll_until(lambda: not any(f.path.endswith("huge.bin") for f in front.open_files()), timeout=30,
+                   what="the stalled download to be cut")
+    assert s.get("/")[2] == APP

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 SMALL = 64 * 1024          # bodies up to this size are read and written with the head, in one write
 CHUNK = 256 * 1024         # pread size on the copying path (TLS)
 SLICE = 8 * 1024 * 1024    # most bytes one os.sendfile call is asked for
-SEND_TIMEOUT = 60.0        # seconds without progress before a stuck download is cut (nginx send_timeout)
 VARIANTS = ((".br", "br", b"br"), (".gz", "gzip", b"gzip"))  # in order of preference
 _FINGERPRINT_HEX = re.compile(r"[-.](?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\.[0-9A-Za-z]+$")
 _FINGERPRINT_B64 = re.compile(r"-(?=[\w-]{0,7}[0-9])(?=[\w-]{0,7}[A-Z])(?=[\w-]{0,7}[a-z])[\w-]{8}\.[0-9A-Za-z]+$")
@@ -239,6 +238,7 @@ async def send_file(front: "FrontProtocol", ex: "Exchange", fd: int, offset: int
         sock_fd = sock.fileno() if sock is not None else -1
     dup = -1
     waiter: list = [None]
+    timeout = front.proxy.send_timeout  # without progress: a stuck download is cut
     try:
         while count:
             t = front.transport
@@ -260,7 +260,7 @@ async def send_file(front: "FrontProtocol", ex: "Exchange", fd: int, offset: int
                     dup = os.dup(sock_fd)
                     loop.add_writer(dup, _wake, waiter)
                 waiter[0] = loop.create_future()
-                async with asyncio.timeout(SEND_TIMEOUT):
+                async with asyncio.timeout(timeout):
                     await waiter[0]
             else:
                 chunk = os.pread(fd, min(count, CHUNK), offset)
@@ -271,7 +271,7 @@ async def send_file(front: "FrontProtocol", ex: "Exchange", fd: int, offset: int
                 count -= len(chunk)
                 ex.resp_bytes += len(chunk)
                 if front.write_paused:
-                    async with asyncio.timeout(SEND_TIMEOUT):
+                    async with asyncio.timeout(timeout):
                         await front._drain_helper()
     except asyncio.CancelledError:  # the client went away (FrontProtocol._abandon)
         raise
