@@ -146,13 +146,13 @@ class Bench:
         watch.start()
         self.watch = watch
         self.gate = QuietGate(watch, a.gate)
+        setups = Setups(env, set(a.only.split(",")) if a.only else None)  # checks --only before anything starts
         try:
             prepare(env)
             if "cold" not in a.skip:
                 self.cold_phase()
             if not {"load", "profile"} <= a.skip:
-                setups = Setups(env)
-                self.log("starting every setup")
+                self.log("starting " + ("every setup" if not a.only else "what " + a.only + " needs"))
                 setups.start()
                 self.setups = setups
                 if "load" not in a.skip:
@@ -189,8 +189,7 @@ class Bench:
 
     def load_phase(self, setups: Setups) -> None:
         a = self.a
-        only = set(a.only.split(",")) if a.only else None
-        targets = [t for t in setups.targets if only is None or t.name in only]
+        targets = setups.targets
         self.log(f"warm-up: {len(targets)} targets")
         for t in targets:
             for load in t.loads:
@@ -237,6 +236,8 @@ class Bench:
         r.update(target=t.name, load=load, rep=rep, t0=t0, t1=time.time(),
                  front_pct=100 * (cpu_ticks(front) - f0) / TICK / el if front else None,
                  workers_pct=100 * (cpu_ticks(workers) - w0) / TICK / el if workers else None)
+        # CPU the proxy process(es) spent per request: comparable across targets whatever the noise
+        r["front_us_per_req"] = (r["front_pct"] / 100 * 1e6 / r["rps"]) if r["front_pct"] is not None and r["rps"] else None
         self.records.append(r)
         fr = f"front {r['front_pct']:4.0f}%" if r["front_pct"] is not None else ""
         mb = f" {r['mbs']:7.0f} MB/s" if load in ("1m", "static") else ""
@@ -274,7 +275,10 @@ class Bench:
         if not shutil.which("py-spy"):
             self.env.notes.append("profile: skipped: py-spy is not installed (pip install py-spy)")
             return
-        t = next(t for t in setups.targets if t.name == "pl-asgi")
+        t = next((t for t in setups.targets if t.name == "pl-asgi"), None)
+        if t is None:
+            self.env.notes.append("profile: skipped: the run does not include pl-asgi")
+            return
         out = {}
         for native in (False, True):
             self.log(f"profile: py-spy on the front process (pid {setups.pl['asgi'].pid}) under c32"

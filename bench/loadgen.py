@@ -94,15 +94,18 @@ def probe(address: str, dur: float, host: str = "bench.test", path: str = "/") -
     try:
         while True:
             t0 = clock()
-            s.sendall(req)
             n, need, ok = 0, -1, True
-            while need < 0 or n < need:
-                k = s.recv_into(view[n:])
-                if k == 0:
-                    break
-                n += k
-                if need < 0:
-                    need, ok = _response_end(buf, n)
+            try:
+                s.sendall(req)
+                while need < 0 or n < need:
+                    k = s.recv_into(view[n:])
+                    if k == 0:
+                        break
+                    n += k
+                    if need < 0:
+                        need, ok = _response_end(buf, n)
+            except (ConnectionResetError, BrokenPipeError):
+                need = -1
             t1 = clock()
             if need < 0 or n < need:
                 s.close()

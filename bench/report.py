@@ -50,7 +50,8 @@ class Results:
             use = self.rows(t, load)
             out.setdefault(t, {})[load] = {
                 k: (round(self.med(t, load, k), 1) if self.med(t, load, k) is not None else None)
-                for k in ("rps", "mbs", "p50", "p90", "p99", "front_pct", "workers_pct", "busy", "foreign")}
+                for k in ("rps", "mbs", "p50", "p90", "p99", "front_pct", "front_us_per_req", "workers_pct", "busy",
+                          "foreign")}
             out[t][load].update(reps=len(rows), used=len(use), errors=sum(r["errors"] for r in rows),
                                 non2xx=sum(r["non2xx"] for r in rows),
                                 rps_min=round(min(r["rps"] for r in use)), rps_max=round(max(r["rps"] for r in use)))
@@ -197,6 +198,12 @@ class Results:
         note = f"front {f:.0f}% of a core, workers {w:.0f}%, machine busy {busy:.0f}% (of 2 cores)"
         if a1 and a2:
             note += f"; aiohttp proxy 2 procs / 1 proc = {a2 / a1:.2f}x"
+        per = [(name, self.med(t, "c32", "front_us_per_req")) for name, t in (
+            ("passenger-lite", "pl-asgi"), ("nginx", "nginx-pl-asgi"), ("Passenger core (wsgi)", "passenger-wsgi"),
+            ("aiohttp proxy", "aioproxy"))]
+        per = [f"{name} {v:.0f}" for name, v in per if v is not None]
+        if per:
+            note += "; proxy CPU per request at c32 (us): " + ", ".join(per)
         self.add("8", "front process CPU under c32 (passenger-lite asgi)", round(f), None, round(f), "report",
                  None, unit="% core", note=note)
 
@@ -217,8 +224,11 @@ def _fmt(v, unit: str = "") -> str:
 
 
 def render(checks: list[dict]) -> str:
+    """The table; rows for which this run measured nothing at all (--only, --skip) are left out."""
     head = ("#", "measure", "passenger-lite", "reference", "ratio / figure", "target", "")
     rows = []
+    checks = [c for c in checks if not (c["value"] is None and c["passenger_lite"] is None and c["reference"] is None
+                                        and c["note"] == "not measured")]
     for c in checks:
         unit = c["unit"]
         val = c["value"]
