@@ -73,6 +73,9 @@ class Results:
             return
         r = va / vb
         unit = {"rps": "req/s", "mbs": "MB/s"}[key]
+        if not label:  # latencies beside the throughput (issue 2 asks for p50/p99 of both)
+            label = f"p50/p99 ({load}): " + ", ".join(
+                f"{t} {_ms(self.med(t, load, 'p50'))}/{_ms(self.med(t, load, 'p99'))}" for t in (a, b))
         self.add(cid, what, round(va), round(vb), round(r, 2), self._target(at_least, aim),
                  None if at_least is None else r >= at_least, unit=unit, note=label)
 
@@ -211,6 +214,12 @@ class Results:
 # -------------------------------------------------------------------- rendering
 
 
+def _ms(us: float | None) -> str:
+    if us is None:
+        return "-"
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
+
+
 def _fmt(v, unit: str = "") -> str:
     if v is None:
         return "-"
@@ -252,3 +261,12 @@ def render(checks: list[dict]) -> str:
         if c["note"]:
             out.append(" " * (widths[0] + 2) + "  " + c["note"])
     return "\n".join(out)
+
+
+if __name__ == "__main__":  # print the table of a results file again: python bench/report.py bench/results/latest.json
+    import json
+    import sys
+
+    doc = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "bench/results/latest.json"))
+    res = Results(doc["records"], doc["cold"], doc["memory"], doc["profile"], list(doc["notes"]), set())
+    print(render(res.build()))
