@@ -33,12 +33,8 @@ FLUSH_EVERY = 1.0
 FLUSH_SIZE = 65536
 
 
-def _http_version(msg) -> str:
-    v = getattr(msg, "version", None)
-    return f"{v.major}.{v.minor}" if v is not None else "1.1"
-
-
 _clf_cache: list = [-1, ""]
+_js = json.encoder.encode_basestring  # a JSON string literal (the C encoder)
 
 
 def _clf_time(now: float) -> str:
@@ -56,40 +52,38 @@ def _q(text: str) -> str:
     return text
 
 
-def record(ex, status: int, aborted: bool, end: float) -> dict:
-    """The fields of one access-log line, from a finished Exchange."""
+def _times(ex, end: float) -> tuple[float, float, float | None]:
+    """(total, queue wait, upstream) in ms; upstream is None when no worker was reached."""
+    t0, tw = ex.t0, ex.t_worker
+    return (end - t0) * 1000, ((tw or end) - t0) * 1000, ((end - tw) * 1000 if tw else None)
+
+
+_TEXT = ('%s - - [%s] "%s %s HTTP/%d.%d" %d %d "%s" app=%s worker=%s pid=%s total_ms=%.1f queue_ms=%.1f '
+         'upstream_ms=%s rid=%s%s\n')
+_JSON = ('{"time":%.3f,"client":%s,"method":%s,"target":%s,"protocol":"HTTP/%d.%d","host":%s,"status":%d,'
+         '"bytes":%d,"app":%s,"worker":%s,"pid":%s,"total_ms":%.1f,"queue_ms":%.1f,"upstream_ms":%s,'
+         '"request_id":%s,"aborted":%s}\n')
+
+
+def format_text(ex, status: int, aborted: bool, end: float, wall: float) -> str:
+    """One text line for a finished Exchange (formatted straight from it: this runs per request)."""
     w = ex.last_worker
-    t_worker = ex.t_worker or end
-    return {
-        "client": ex.front.peer_ip,
-        "method": ex.method,
-        "target": ex.target,
-        "protocol": "HTTP/" + _http_version(ex.msg),
-        "host": ex.host_header,
-        "status": status,
-        "bytes": ex.resp_bytes,
-        "app": ex.app_name,
-        "worker": w.id if w is not None else None,
-        "pid": w.pid if w is not None else None,
-        "total_ms": round((end - ex.t0) * 1000, 1),
-        "queue_ms": round((t_worker - ex.t0) * 1000, 1),
-        "upstream_ms": round((end - ex.t_worker) * 1000, 1) if ex.t_worker else None,
-        "request_id": ex.request_id,
-        "aborted": aborted,
-    }
+    total, queue, up = _times(ex, end)
+    v = ex.msg.version
+    return _TEXT % (ex.front.peer_ip or "-", _clf_time(wall), ex.method, _q(ex.target), v.major, v.minor, status,
+                    ex.resp_bytes, _q(ex.host_header), ex.app_name, w.id if w is not None else "-",
+                    w.pid if w is not None else "-", total, queue, "-" if up is None else "%.1f" % up,
+                    ex.request_id or "-", " aborted" if aborted else "")
 
 
-def format_text(r: dict, wall: float) -> str:
-    up = "-" if r["upstream_ms"] is None else r["upstream_ms"]
-    line = (f'{r["client"] or "-"} - - [{_clf_time(wall)}] "{r["method"]} {_q(r["target"])} {r["protocol"]}" '
-            f'{r["status"]} {r["bytes"]} "{_q(r["host"])}" app={r["app"]} worker={r["worker"] or "-"} '
-            f'pid={r["pid"] or "-"} total_ms={r["total_ms"]} queue_ms={r["queue_ms"]} upstream_ms={up} '
-            f'rid={r["request_id"] or "-"}')
-    return line + (" aborted\n" if r["aborted"] else "\n")
-
-
-def format_json(r: dict, wall: float) -> str:
-    return json.dumps({"time": round(wall, 3), **r}, separators=(",", ":")) + "\n"
+def format_json(ex, status: int, aborted: bool, end: float, wall: float) -> str:
+    w = ex.last_worker
+    total, queue, up = _times(ex, end)
+    v = ex.msg.version
+    return _JSON % (wall, _js(ex.front.peer_ip), _js(ex.method), _js(ex.target), v.major, v.minor,
+                    _js(ex.host_header), status, ex.resp_bytes, _js(ex.app_name),
+                    w.id if w is not None else "null", w.pid if w is not None else "null", total, queue,
+                    "null" if up is None else "%.1f" % up, _js(ex.request_id), "true" if aborted else "false")
 
 
 def format_early(status: int, wall: float, json_format: bool) -> str:
@@ -159,9 +153,7 @@ class AccessLog:
     # ------------------------------------------------------------------ per request (the proxy calls these)
 
     def observe(self, ex, status: int, aborted: bool = False) -> None:
-        end = self._loop.time()
-        r = record(ex, status, aborted, end)
-        self._add(format_json(r, time.time()) if self.json else format_text(r, time.time()))
+        self._add((format_json if self.json else format_text)(ex, status, aborted, self._loop.time(), time.time()))
 
     def observe_early(self, status: int) -> None:
         self._add(format_early(status, time.time(), self.json))

@@ -71,22 +71,26 @@ def _exchange(**kw):
     return ex
 
 
-def test_access_log_record_and_text_line():
-    r = accesslog.record(_exchange(), 200, False, end=101.0)
-    assert r["total_ms"] == 1000.0 and r["queue_ms"] == 250.0 and r["upstream_ms"] == 750.0
-    assert r["worker"] == 2 and r["pid"] == 4242 and r["protocol"] == "HTTP/1.0"
-    line = accesslog.format_text(r, wall=0.0)
+def test_access_log_text_line():
+    line = accesslog.format_text(_exchange(), 200, False, end=101.0, wall=0.0)
     assert line == ('10.0.0.9 - - [01/Jan/1970:00:00:00 +0000] "GET /a b\\"c?x=1 HTTP/1.0" 200 5120 "blog.test" '
                     'app=blog worker=2 pid=4242 total_ms=1000.0 queue_ms=250.0 upstream_ms=750.0 rid=abc-1\n')
+    assert accesslog.format_text(_exchange(), 502, True, end=101.0, wall=0.0).endswith(" rid=abc-1 aborted\n")
+
+
+def test_access_log_json_line():
+    j = json.loads(accesslog.format_json(_exchange(), 200, False, end=101.0, wall=12.5))
+    assert j == {"time": 12.5, "client": "10.0.0.9", "method": "GET", "target": '/a b"c?x=1', "protocol": "HTTP/1.0",
+                 "host": "blog.test", "status": 200, "bytes": 5120, "app": "blog", "worker": 2, "pid": 4242,
+                 "total_ms": 1000.0, "queue_ms": 250.0, "upstream_ms": 750.0, "request_id": "abc-1", "aborted": False}
 
 
 def test_access_log_for_a_request_that_never_got_a_worker():
-    r = accesslog.record(_exchange(last_worker=None, t_worker=0.0, request_id=""), 504, False, end=130.0)
-    assert r["queue_ms"] == 30000.0 and r["upstream_ms"] is None and r["worker"] is None
-    line = accesslog.format_text(r, wall=0.0)
+    ex = _exchange(last_worker=None, t_worker=0.0, request_id="")
+    line = accesslog.format_text(ex, 504, False, end=130.0, wall=0.0)
     assert "worker=- pid=- total_ms=30000.0 queue_ms=30000.0 upstream_ms=- rid=-\n" in line
-    j = json.loads(accesslog.format_json(dict(r, aborted=True), wall=12.5))
-    assert j["time"] == 12.5 and j["status"] == 504 and j["aborted"] is True and j["upstream_ms"] is None
+    j = json.loads(accesslog.format_json(ex, 504, True, end=130.0, wall=0.0))
+    assert j["queue_ms"] == 30000.0 and j["upstream_ms"] is None and j["worker"] is None and j["aborted"] is True
     assert json.loads(accesslog.format_early(400, 1.0, True)) == {"time": 1.0, "status": 400, "app": None}
     assert accesslog.format_early(400, 0.0, False).startswith('- - - [01/Jan/1970:00:00:00 +0000] "-" 400 0')
 
