@@ -290,7 +290,8 @@ def cmd_smoke(a: argparse.Namespace) -> int:
     try:
         run(site, printer=printer, startup_display=smoke.run)
     except RuntimeDirError as e:
-        return fail(str(e), 1)
+        hint = "; smoke runs a manager of its own: stop that one first" if "already running" in str(e) else ""
+        return fail(f"{e}{hint}", 1)
     except OSError as e:
         return fail(str(e), 1)
     total = time.monotonic() - smoke.started
