@@ -143,3 +143,21 @@ def test_health_is_200_when_every_app_is_ready_or_idle_by_design(make_server, ap
     assert status == 200 and data["status"] == "ok", data
     assert data["apps"]["lazy"] == {"healthy": True, "state": "idle", "ready_workers": 0,
                                     "detail": "idle (min_processes 0); starts on the next request"}
+
+
+def test_a_metrics_port_in_use_stops_the_start_with_one_line(make_server, apps_dir):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        ops = copy_app("ops_app", apps_dir)
+        s = make_server({"metrics_listen": f"127.0.0.1:{port}", "apps": [app_config("ops", ops)]}, wait=False)
+        assert s.proc.wait(60) == 1
+        assert s.logs().strip().splitlines()[-1] == \
+            f"passenger-lite: [Errno 98] cannot listen on metrics_listen 127.0.0.1:{port}: Address already in use"
+        assert "Traceback" not in s.logs()
+    finally:
+        busy.close()

@@ -137,7 +137,8 @@ class Metrics:
         except OSError as e:
             await self.runner.cleanup()
             self.runner = None
-            raise OSError(e.errno, f"cannot listen on metrics_listen {addr}: {e.strerror or e}") from None
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise OSError(e.errno, f"cannot listen on metrics_listen {addr}: {why}") from None
         if addr.kind == "tcp" and addr.port == 0:
             addr.port = self.runner.addresses[0][1]  # ephemeral: the port we got
         self.address = addr
