@@ -95,17 +95,24 @@ def versions(py: str) -> dict:
     return v
 
 
-def ports_free() -> None:
-    busy = []
-    for name, port in P.items():
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no obstacle
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                busy.append(f"{port} ({name})")
-    if busy:
-        raise SystemExit(f"bench: ports in use: {', '.join(busy)}; the bench needs 127.0.0.1:18100-18199")
+def ports_free(patience: float = 10) -> None:
+    """Every port the bench listens on is free (a port busy for a moment is waited for)."""
+    deadline = time.monotonic() + patience
+    while True:
+        busy = []
+        for name, port in P.items():
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no obstacle
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    busy.append(f"{port} ({name})")
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: ports in use: {', '.join(busy)}; the bench needs 127.0.0.1:18100-18199 "
+                             "(another bench run? see `ss -ltnp`)")
+        time.sleep(0.5)
 
 
 class Bench:

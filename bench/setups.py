@@ -32,7 +32,7 @@ P = {  # ports
     "pl-asgi": 18121, "pl-tls": 18122, "pl-wsgi": 18123, "pl-rack": 18124, "pl-node": 18125,
     "pl-metrics": 18126, "pl-metrics-scrape": 18127,
     "passenger-wsgi": 18131, "passenger-rack": 18132, "passenger-node": 18133,
-    "cold-pl": 18141, "cold-passenger": 18142, "mem-pl": 18151, "profile-pl": 18161,
+    "cold-pl": 18141, "cold-passenger": 18142, "mem-pl": 18151,
 }
 APP_TYPES = {"asgi": ("python-asgi", "asgi:app"), "wsgi": ("python-wsgi", "passenger_wsgi:application"),
              "rack": ("ruby-rack", "config.ru"), "node": ("node", "app.js")}
