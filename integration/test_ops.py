@@ -282,7 +282,8 @@ def test_start_on_a_terminal_shows_apps_booting_then_a_table_of_urls(tmp_path, a
         assert re.search(rf"crash +http://127\.0\.0\.1:{s.port}/crash +0/4 +failed: the worker exited during start",
                          table), table
         assert re.search(rf"lazy +http://127\.0\.0\.1:{s.port}/lazy +0/4 +idle", table), table
-        assert "\x1b[32m" in text  # coloured on a terminal
+        assert "\x1b[32m" in text  # coloured on a terminal, each app's worker prefix too
+        assert re.search(r"\x1b\[\d+mcrash\.1\[\d+\] *\x1b\[0m \| boot_crash: loading settings", text)
         assert "boot_crash: loading settings" in plain  # the workers' output scrolls above the live block
     finally:
         s.stop()
