@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 from cpuwatch import CpuWatch, QuietGate  # noqa: E402
 from loadgen import probe, wrk  # noqa: E402
 from procs import TICK, Procs, cpu_ticks  # noqa: E402
-from report import CLEAN_MAX, Results, render  # noqa: E402
+from report import CLEAN_MAX, Results, profile_lines, render  # noqa: E402
 from setups import P, Env, Setups, prepare  # noqa: E402
 
 BASE = Path(os.environ.get("BENCH_DIR", "/tmp/pl-bench"))
@@ -49,6 +49,7 @@ def options(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", dest="profile", action="store_true", default=None,
                     help="profile the front process under c32 with py-spy (default in a full run)")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--profile-target", default="pl-asgi", help="the passenger-lite target to profile (default pl-asgi)")
     ap.add_argument("--only", help="comma-separated target names to load-test (development; default all)")
     ap.add_argument("--skip", default="", help="comma-separated phases to skip: cold,load,memory,profile")
     ap.add_argument("--out", default=str(HERE / "results"), help="where latest.json/latest.txt go")
@@ -244,7 +245,9 @@ class Bench:
                  front_pct=100 * (cpu_ticks(front) - f0) / TICK / el if front else None,
                  workers_pct=100 * (cpu_ticks(workers) - w0) / TICK / el if workers else None)
         # CPU the proxy process(es) spent per request: comparable across targets whatever the noise
-        r["front_us_per_req"] = (r["front_pct"] / 100 * 1e6 / r["rps"]) if r["front_pct"] is not None and r["rps"] else None
+        for k in ("front", "workers"):
+            pct = r[f"{k}_pct"]
+            r[f"{k}_us_per_req"] = pct / 100 * 1e6 / r["rps"] if pct is not None and r["rps"] else None
         self.records.append(r)
         fr = f"front {r['front_pct']:4.0f}%" if r["front_pct"] is not None else ""
         mb = f" {r['mbs']:7.0f} MB/s" if load in ("1m", "static") else ""
@@ -282,21 +285,21 @@ class Bench:
         if not shutil.which("py-spy"):
             self.env.notes.append("profile: skipped: py-spy is not installed (pip install py-spy)")
             return
-        t = next((t for t in setups.targets if t.name == "pl-asgi"), None)
-        if t is None:
-            self.env.notes.append("profile: skipped: the run does not include pl-asgi")
+        name = self.a.profile_target
+        t = next((t for t in setups.targets if t.name == name), None)
+        if t is None or not name.startswith("pl-") or name[3:] not in setups.pl:
+            self.env.notes.append(f"profile: skipped: the run has no passenger-lite target {name}")
             return
-        out = {}
-        for native in (False, True):
-            self.log(f"profile: py-spy on the front process (pid {setups.pl['asgi'].pid}) under c32"
-                     + (", native frames" if native else ""))
+        pid = setups.pl[name[3:]].pid
+        out = {"target": name}
+        for kind in ("python", "native"):
+            self.log(f"profile: py-spy on {name}'s front process (pid {pid}) under c32, {kind} frames")
             self.gate.wait()
             try:
-                out["native" if native else "python"] = profile(
-                    setups.pl["asgi"].pid, t.url, max(8.0, self.a.dur * 2),
-                    self.run / f"profile-{'native' if native else 'python'}.txt", native=native)
+                out[kind] = profile(pid, t.url, max(8.0, self.a.dur * 2), self.run / f"profile-{kind}.txt",
+                                    native=kind == "native")
             except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-                out["native" if native else "python"] = {"error": str(e)[:500]}
+                out[kind] = {"error": str(e)[:500]}
         self.profile = out
 
     # ---------------------------------------------------------------- results
@@ -324,6 +327,8 @@ class Bench:
         print(f"passenger-lite bench, {self.meta['date']}, commit {self.meta['commit']}, {self.a.reps} reps x "
               f"{self.a.dur:g} s, median of undisturbed reps (others' CPU < {CLEAN_MAX:.0f}%)")
         print(table)
+        for line in profile_lines(self.profile):
+            print(line)
         for n in self.env.notes:
             print(f"note: {n}")
         print(f"written: {out / 'latest.json'} ({self.meta['total_s']} s in all; waited {self.gate.waited:.0f} s "

@@ -67,6 +67,16 @@ def cpu_ticks(pids) -> int:
     return total
 
 
+def cpu_split(pid: int) -> tuple[int, int]:
+    """(user, system) clock ticks of one process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            v = f.read().rsplit(")", 1)[1].split()
+        return int(v[11]), int(v[12])
+    except (OSError, IndexError, ValueError):
+        return 0, 0
+
+
 def wait_gone(pids, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     left = [p for p in pids if alive(p)]

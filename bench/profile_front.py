@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from loadgen import wrk
-from procs import TICK, cpu_ticks
+from procs import TICK, cpu_split, cpu_ticks
 
 FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 AREAS = [  # first match wins, tested against "file function" (py-spy names files relative to sys.path)
@@ -100,10 +100,10 @@ def profile(front_pid: int, url: str, dur: float, out: Path, native: bool = Fals
             "--output", str(out)] + (["--native", "--rate", "100"] if native else ["--nonblocking", "--rate", "200"])
     spy = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     time.sleep(0.5)
-    t0, c0, x0 = time.monotonic(), cpu_ticks([front_pid]), _switches(front_pid)
+    t0, c0, x0, s0 = time.monotonic(), cpu_ticks([front_pid]), _switches(front_pid), cpu_split(front_pid)
     result = wrk(url, "c32", dur)
     front_pct = 100 * (cpu_ticks([front_pid]) - c0) / TICK / (time.monotonic() - t0)
-    x1 = _switches(front_pid)
+    x1, s1 = _switches(front_pid), cpu_split(front_pid)
     msg = spy.communicate(timeout=dur + 30)[0].decode(errors="replace")
     if spy.returncode != 0 or not out.exists():
         raise RuntimeError(f"py-spy failed (exit {spy.returncode}): {msg[-600:]}")
@@ -111,6 +111,8 @@ def profile(front_pid: int, url: str, dur: float, out: Path, native: bool = Fals
     n = max(1, result["requests"])
     summary.update(rps_while_profiled=round(result["rps"]), front_cpu_pct=round(front_pct), native=native,
                    raw_file=str(out), front_cpu_us_per_request=round(1e6 * front_pct / 100 / max(1, result["rps"]), 1),
+                   user_us_per_request=round(1e6 * (s1[0] - s0[0]) / TICK / n, 1),
+                   system_us_per_request=round(1e6 * (s1[1] - s0[1]) / TICK / n, 1),
                    voluntary_switches_per_request=round((x1[0] - x0[0]) / n, 2),
                    involuntary_switches_per_request=round((x1[1] - x0[1]) / n, 3))
     return summary

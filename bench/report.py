@@ -50,8 +50,8 @@ class Results:
             use = self.rows(t, load)
             out.setdefault(t, {})[load] = {
                 k: (round(self.med(t, load, k), 1) if self.med(t, load, k) is not None else None)
-                for k in ("rps", "mbs", "p50", "p90", "p99", "front_pct", "front_us_per_req", "workers_pct", "busy",
-                          "foreign")}
+                for k in ("rps", "mbs", "p50", "p90", "p99", "front_pct", "front_us_per_req", "workers_pct",
+                          "workers_us_per_req", "busy", "foreign")}
             out[t][load].update(reps=len(rows), used=len(use), errors=sum(r["errors"] for r in rows),
                                 non2xx=sum(r["non2xx"] for r in rows),
                                 rps_min=round(min(r["rps"] for r in use)), rps_max=round(max(r["rps"] for r in use)))
@@ -207,6 +207,9 @@ class Results:
         per = [f"{name} {v:.0f}" for name, v in per if v is not None]
         if per:
             note += "; proxy CPU per request at c32 (us): " + ", ".join(per)
+        wa, wb = self.med("pl-asgi", "c32", "workers_us_per_req"), self.med("nginx-pl-asgi", "c32", "workers_us_per_req")
+        if wa is not None and wb is not None:
+            note += f"; the same 2 workers' CPU per request: {wa:.0f} us behind passenger-lite, {wb:.0f} us behind nginx"
         self.add("8", "front process CPU under c32 (passenger-lite asgi)", round(f), None, round(f), "report",
                  None, unit="% core", note=note)
 
@@ -230,6 +233,28 @@ def _fmt(v, unit: str = "") -> str:
     else:
         s = str(v)
     return s
+
+
+def profile_lines(profile: dict | None) -> list[str]:
+    """A few lines on where the profiled front process spends its time."""
+    if not profile:
+        return []
+    out = []
+    for kind in ("python", "native"):
+        p = profile.get(kind)
+        if not p:
+            continue
+        if "error" in p:
+            out.append(f"profile ({kind}): {p['error']}")
+            continue
+        head = (f"profile of {profile.get('target', 'pl-asgi')} under c32 ({kind} frames, {p['samples']} busy samples, "
+                f"{p['rps_while_profiled']:,} req/s while sampled): front {p['front_cpu_us_per_request']} us CPU/request "
+                f"(user {p.get('user_us_per_request', '?')}, system {p.get('system_us_per_request', '?')}), "
+                f"{p['involuntary_switches_per_request']} involuntary switches/request")
+        out.append(head)
+        out.append("  areas: " + ", ".join(f"{k} {v}%" for k, v in p["areas"][:6]))
+        out.append("  hottest lines (self): " + ", ".join(f"{k} {v}%" for k, v in p["self_lines"][:6]))
+    return out
 
 
 def render(checks: list[dict]) -> str:
@@ -270,3 +295,4 @@ if __name__ == "__main__":  # print the table of a results file again: python be
     doc = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "bench/results/latest.json"))
     res = Results(doc["records"], doc["cold"], doc["memory"], doc["profile"], list(doc["notes"]), set())
     print(render(res.build()))
+    print("\n".join(profile_lines(doc["profile"])))
