@@ -42,8 +42,8 @@ def options(argv: list[str] | None) -> argparse.Namespace:
                     help="development run of a few minutes: 2 s per load, 1 repetition, 256 MiB transfers, no profile")
     ap.add_argument("--dur", type=float, help="seconds per wrk run (default 5; quick 2)")
     ap.add_argument("--reps", type=int, help="interleaved repetitions (default 3; quick 1)")
-    ap.add_argument("--gate", type=float, help="seconds in all to wait for a quiet machine (default 60; quick 10)")
-    ap.add_argument("--retry", type=float, help="seconds for extra repetitions of disturbed runs (default 60; quick 0)")
+    ap.add_argument("--gate", type=float, help="seconds in all to wait for a quiet machine (default 45; quick 10)")
+    ap.add_argument("--retry", type=float, help="seconds for extra repetitions of disturbed runs (default 45; quick 0)")
     ap.add_argument("--cold-reps", type=int, help="cold-start repetitions (default 3; quick 1)")
     ap.add_argument("--transfer-mib", type=int, help="size of the upload and of the download (default 1024; quick 256)")
     ap.add_argument("--profile", dest="profile", action="store_true", default=None,
@@ -57,8 +57,8 @@ def options(argv: list[str] | None) -> argparse.Namespace:
     q = a.quick
     a.dur = a.dur or (2 if q else 5)
     a.reps = a.reps or (1 if q else 3)
-    a.gate = a.gate if a.gate is not None else (10 if q else 60)
-    a.retry = a.retry if a.retry is not None else (0 if q else 60)
+    a.gate = a.gate if a.gate is not None else (10 if q else 45)
+    a.retry = a.retry if a.retry is not None else (0 if q else 45)
     a.cold_reps = a.cold_reps or (1 if q else 3)
     a.transfer_mib = a.transfer_mib or (256 if q else 1024)
     if a.profile is None:
@@ -351,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; everything it started was stopped", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        if e.code == 143:
+            print("bench: terminated (SIGTERM); everything it started was stopped", file=sys.stderr)
+        raise
     except Exception:  # noqa: BLE001 - a bench bug: show it, after the cleanup in main()
         traceback.print_exc()
         return 1
