@@ -233,7 +233,7 @@ class Upstream(asyncio.Protocol):
     __slots__ = (
         "worker", "pool", "transport", "parser", "ex", "reason", "hdrs", "cl", "bad", "interim",
         "rechunk", "until_close", "keep", "write_paused", "drain_waiter", "paused_for_front",
-        "tunnel", "te_chunked",
+        "tunnel", "te_chunked", "out",
     )
 
     def __init__(self, worker, pool):
@@ -246,6 +246,7 @@ class Upstream(asyncio.Protocol):
         self.drain_waiter: asyncio.Future | None = None
         self.paused_for_front = False
         self.tunnel = None
+        self.out: list[bytes] = []  # bytes for the client from this read, written once at its end
         self._reset()
 
     def _reset(self) -> None:
@@ -311,6 +312,26 @@ class Upstream(asyncio.Protocol):
             self._upgraded(data[e.args[0]:])
         except httptools.HttpParserError as e:
             self._broken(f"invalid response: {e}")
+        if self.out:
+            self._flush()
+
+    def _flush(self) -> None:
+        """One write to the client for everything this read produced: a small response's head
+        and body go out together (one syscall, one wake-up of the client instead of two)."""
+        out = self.out
+        self.out = []
+        ex = self.ex
+        front = ex.front if ex is not None else None
+        t = front.transport if front is not None else None
+        if t is None:
+            return
+        if len(out) == 1:
+            t.write(out[0])
+        else:
+            t.writelines(out)
+        if front.write_paused and not self.paused_for_front and self.transport is not None:
+            self.paused_for_front = True
+            self.transport.pause_reading()
 
     def eof_received(self):
         return False
@@ -390,7 +411,7 @@ class Upstream(asyncio.Protocol):
                 self.rechunk = True
             else:
                 front.keep_alive = False
-        front.write_head(parts)
+        self.out.append(front.end_head(parts))
         if ex.method == "HEAD":
             # llhttp would wait for the body a Content-Length announces: end here, do not reuse
             self.ex = None
@@ -403,17 +424,10 @@ class Upstream(asyncio.Protocol):
         if ex is None or self.interim:
             return
         ex.resp_bytes += len(body)
-        front = ex.front
-        t = front.transport
-        if t is None:
-            return
         if self.rechunk:
-            t.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
+            self.out += (b"%x\r\n" % len(body), body, b"\r\n")
         else:
-            t.write(body)
-        if front.write_paused and not self.paused_for_front:
-            self.paused_for_front = True
-            self.transport.pause_reading()
+            self.out.append(body)
 
     def on_message_complete(self) -> None:
         ex = self.ex
@@ -443,8 +457,17 @@ class Upstream(asyncio.Protocol):
                 t.close()
 
     def _complete(self, ex: Exchange) -> None:
-        if self.rechunk and ex.front.transport is not None and ex.method != "HEAD":
-            ex.front.transport.write(b"0\r\n\r\n")
+        out = self.out
+        if self.rechunk and ex.method != "HEAD":
+            out.append(b"0\r\n\r\n")
+        if out:
+            self.out = []
+            t = ex.front.transport
+            if t is not None:
+                if len(out) == 1:
+                    t.write(out[0])
+                else:
+                    t.writelines(out)
         if not ex.req_done:
             # the worker answered before reading the whole body: the connection cannot be reused
             self.keep = False

@@ -453,10 +453,8 @@ class FrontProtocol(BaseProtocol):
 
     # ------------------------------------------------------------------ writing responses
 
-    def write_head(self, parts: list, body: bytes = b"") -> None:
-        t = self.transport
-        if t is None:
-            return
+    def end_head(self, parts: list) -> bytes:
+        """The response head from its status line and header lines, with our Connection header."""
         if not self.keep_alive or self.proxy.stopping:
             self.keep_alive = False
             parts.append(_CLOSE)
@@ -464,9 +462,14 @@ class FrontProtocol(BaseProtocol):
             parts.append(_KEEP10)
         else:
             parts.append(_KEEP)
-        if body:  # a small body goes out with its head, in one write
-            parts.append(body)
-        t.write(b"".join(parts))
+        return b"".join(parts)
+
+    def write_head(self, parts: list, body: bytes = b"") -> None:
+        t = self.transport
+        if t is None:
+            return
+        head = self.end_head(parts)
+        t.write(head + body if body else head)  # a small body goes out with its head, in one write
 
     def finish(self, ex: Exchange) -> None:
         """The response to `ex` has been written completely."""
@@ -513,9 +516,7 @@ class FrontProtocol(BaseProtocol):
                 b"Cache-Control: no-store\r\n"]
         if status == 503:
             head.append(b"Retry-After: 5\r\n")
-        self.write_head(head)
-        if ex.method != "HEAD" and self.transport is not None:
-            self.transport.write(body)
+        self.write_head(head, body if ex.method != "HEAD" else b"")
         self.finish(ex)
 
     def _bad(self, why: str) -> None:
