@@ -153,7 +153,7 @@ class AccessLog:
     # ------------------------------------------------------------------ per request (the proxy calls these)
 
     def observe(self, ex, status: int, aborted: bool = False) -> None:
-        self._add((format_json if self.json else format_text)(ex, status, aborted, self._loop.time(), time.time()))
+        self._add((format_json if self.json else format_text)(ex, status, aborted, time.monotonic(), time.time()))
 
     def observe_early(self, status: int) -> None:
         self._add(format_early(status, time.time(), self.json))

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from bisect import bisect_left
 
 from aiohttp import web
@@ -87,7 +88,6 @@ class Metrics:
         self.registry.register(ProcessCollector(namespace="passenger_lite", registry=None))
         self.runner: web.AppRunner | None = None
         self.address = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_site(cls, runtime) -> "Metrics | None":
@@ -103,7 +103,7 @@ class Metrics:
         c.codes[i if 0 <= i <= 4 else 4] += 1
         if aborted:
             c.aborted += 1
-        now = self._loop.time()
+        now = time.monotonic()
         d = now - ex.t0
         c.dur[bisect_left(DURATION_BUCKETS, d)] += 1
         c.dur_sum += d
@@ -117,7 +117,6 @@ class Metrics:
     # ------------------------------------------------------------------ start / stop
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         addr = self.runtime.site.metrics_address
         app = web.Application()
         app.router.add_get("/metrics", self.handle_metrics)

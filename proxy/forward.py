@@ -14,6 +14,7 @@ truncated body is never finished as if it were whole.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import httptools
@@ -23,6 +24,8 @@ from .headers import RESPONSE_DROP
 if TYPE_CHECKING:
     from .front import FrontProtocol
 
+# request timings (access log, metrics): uvloop's loop.time() only moves in whole milliseconds
+_clock = time.monotonic
 _NO_BODY_STATUS = frozenset({204, 304})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _MAX_RESENDS = 3               # attempts to place a request that no worker has read yet
@@ -84,7 +87,7 @@ class Exchange:
         self.req_done = True
         self.queue_deadline = 0.0
         self.response_deadline = 0.0
-        self.t0 = front.loop.time()
+        self.t0 = _clock()
         self.t_worker = 0.0
         self.t_response = 0.0
         self.retried = 0                    # times re-dispatched before any worker read it
@@ -108,7 +111,7 @@ class Exchange:
             self.pool.release(worker)
             return
         self.worker = self.last_worker = worker
-        self.t_worker = self.front.loop.time()
+        self.t_worker = _clock()
         idle = worker.idle
         if idle:
             idle.pop().send(self)
@@ -396,7 +399,7 @@ class Upstream(asyncio.Protocol):
         front = ex.front
         ex.status = status
         ex.resp_started = True
-        ex.t_response = front.loop.time()
+        ex.t_response = _clock()
         self.keep = self.keep and self.parser.should_keep_alive()
         parts = [_status_line(status, self.reason)]
         parts += self.hdrs
@@ -517,7 +520,7 @@ class Upstream(asyncio.Protocol):
         front = ex.front
         ex.status = 101
         ex.resp_started = True
-        ex.t_response = front.loop.time()
+        ex.t_response = _clock()
         parts = [_status_line(101, self.reason or b"Switching Protocols"), b"Connection: Upgrade\r\n"]
         parts += self.hdrs
         front.write_head(parts)

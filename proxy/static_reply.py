@@ -183,7 +183,7 @@ def answer(front: "FrontProtocol", ex: "Exchange", headers, rel: str, fd: int, s
     ]
     if vary:
         common.append(b"Vary: Accept-Encoding\r\n")
-    ex.t_response = front.loop.time()
+    ex.t_response = time.monotonic()
     if not_modified(headers, etag, last_modified, mtime):
         ex.status = 304
         front.write_head([b"HTTP/1.1 304 Not Modified\r\n", *common])
