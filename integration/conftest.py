@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import APPS, Server, app_config, copy_app  # noqa: E402
+from harness import Server  # noqa: E402
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import signal
 import threading
 import time
 
-import psutil
 import pytest
 
 from harness import Server, alive, app_config, copy_app

@@ -1,6 +1,5 @@
 """Issue 4: crash recovery, error pages, scale to zero, recycling, zero-downtime restart, reload, stop."""
 import os
-import re
 import signal
 import threading
 import time
@@ -183,7 +182,6 @@ def test_reload_adds_removes_and_changes_apps_and_rejects_bad_configs(make_serve
     with Load(s.port, "/", conns=8) as load:
         load.wait_for(50)
         # a bad config is rejected and the old one keeps running
-        good_text = s.config.read_text()
         s.config.write_text(yaml.safe_dump(dict(conf, apps=conf["apps"] + [{"name": "oops"}])))
         r = s.cli("reload")
         assert r.returncode == 2 and "apps[2] (oops).root: required key is missing" in r.stderr

@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .config import ConfigError
 
@@ -19,7 +20,7 @@ PROG = "passenger-lite"
 DEFAULT_CONFIG = os.environ.get("PASSENGER_LITE_CONFIG", "sites.yaml")
 
 
-def _fail(msg: str, code: int = 1) -> "NoReturn":  # noqa: F821
+def _fail(msg: str, code: int = 1) -> NoReturn:
     print(f"{PROG}: {msg}", file=sys.stderr)
     sys.exit(code)
 
@@ -67,8 +68,8 @@ def cmd_start(a: argparse.Namespace) -> int:
                    startup_display=startup_display(site, stream))
     except (RuntimeDirError, CParserMissing) as e:
         _fail(str(e))
-    except OSError as e:
-        _fail(str(e))
+    except OSError as e:  # e.g. the listen address is taken: say what, without "[Errno 98]"
+        _fail(e.strerror or str(e))
     return 1
 
 

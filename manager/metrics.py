@@ -11,7 +11,6 @@ workers by state, RSS) into metric families: the format is the library's, the co
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
