@@ -7,26 +7,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import time
 from pathlib import Path
 
 import psutil
 import yaml
 
+from passenger_lite.manager.unixhttp import UnixHTTPConnection
 from procs import Procs, Service, children_map, descendants
-
-
-class _Unix(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self._path)
-        self.sock = s
 
 
 class PLInstance:
@@ -54,7 +42,7 @@ class PLInstance:
         return str(control_socket(self.config_path))
 
     def status(self, timeout: float = 5) -> dict:
-        c = _Unix(self.control_path(), timeout)
+        c = UnixHTTPConnection(self.control_path(), timeout)
         try:
             c.request("GET", "/status")
             r = c.getresponse()

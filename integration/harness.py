@@ -22,6 +22,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from passenger_lite.manager.unixhttp import UnixHTTPConnection
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 APPS = REPO / "tests" / "apps"
@@ -51,18 +53,6 @@ def copy_app(name: str, dest: Path) -> Path:
     target = dest / name
     shutil.copytree(APPS / name, target, ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
     return target
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 10):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self._path)
-        self.sock = s
 
 
 def alive(p: psutil.Process) -> bool:
@@ -203,7 +193,7 @@ class Server:
         return control_socket(self.config)
 
     def control(self, method: str, path: str, timeout: float = 60) -> tuple[int, dict]:
-        conn = _UnixHTTPConnection(str(self.control_path()), timeout)
+        conn = UnixHTTPConnection(str(self.control_path()), timeout)
         try:
             conn.request(method, path)
             r = conn.getresponse()

@@ -6,15 +6,14 @@ failed); 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from .config import ConfigError
+from .unixhttp import UnixHTTPConnection
 
 PROG = "passenger-lite"
 DEFAULT_CONFIG = os.environ.get("PASSENGER_LITE_CONFIG", "sites.yaml")
@@ -107,18 +106,6 @@ def cmd_schema(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- control clients
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self._path)
-        self.sock = s
-
-
 def control(config: str, method: str, path: str, timeout: float = 600) -> tuple[int, dict]:
     from .runtimedir import RuntimeDirError, control_socket
 
@@ -131,7 +118,7 @@ def control(config: str, method: str, path: str, timeout: float = 600) -> tuple[
         _fail(str(e))
     if not sock.exists():
         _fail(f"no passenger-lite is running for {cfg.resolve()}")
-    conn = _UnixHTTPConnection(str(sock), timeout)
+    conn = UnixHTTPConnection(str(sock), timeout)
     try:
         conn.request(method, path)
         resp = conn.getresponse()
