@@ -15,11 +15,15 @@ log = logging.getLogger("passenger_lite.manager")
 
 def build_extras(runtime) -> list:
     from .accesslog import AccessLog
-    from .metrics import Metrics
     from .watch import Watcher
 
     access = AccessLog.from_site(runtime)
-    extras = [x for x in (access, Metrics.from_site(runtime), Watcher(runtime)) if x is not None]
+    metrics = None
+    if runtime.site.config.metrics_listen:  # prometheus_client is imported only when metrics are on
+        from .metrics import Metrics
+
+        metrics = Metrics.from_site(runtime)
+    extras = [x for x in (access, metrics, Watcher(runtime)) if x is not None]
     extras.append(LogReopener(runtime, [access, runtime.printer.stream]))
     return extras
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jinja2
 import markupsafe
 
 TITLES = {
@@ -34,12 +33,20 @@ _MARK = "\x00REQUEST-ID\x00"
 class Pages:
     def __init__(self, development: bool = False):
         self.development = development
-        env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(Path(__file__).with_name("templates"))),
-            autoescape=True, trim_blocks=True, lstrip_blocks=True)
-        self._template = env.get_template("error.html")
+        self._compiled = None  # jinja2 is imported with the first error page: start-up and RSS
         self._plain: dict[tuple[int, str], tuple[str, str]] = {}
         self._custom: dict[str, str] = {}  # path -> file text
+
+    @property
+    def _template(self):
+        if self._compiled is None:
+            import jinja2
+
+            env = jinja2.Environment(
+                loader=jinja2.FileSystemLoader(str(Path(__file__).with_name("templates"))),
+                autoescape=True, trim_blocks=True, lstrip_blocks=True)
+            self._compiled = env.get_template("error.html")
+        return self._compiled
 
     def reason(self, status: int) -> str:
         return TITLES.get(status, ("Error", ""))[0]
