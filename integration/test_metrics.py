@@ -5,7 +5,8 @@ import threading
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import _UnixHTTPConnection, app_config, copy_app, free_port
+from harness import app_config, copy_app, free_port
+from passenger_lite.manager.unixhttp import UnixHTTPConnection
 from rawhttp import poll_until
 
 
@@ -13,7 +14,7 @@ def scrape(port_or_path, path: str = "/metrics") -> tuple[int, str, str]:
     if isinstance(port_or_path, int):
         c = http.client.HTTPConnection("127.0.0.1", port_or_path, timeout=10)
     else:
-        c = _UnixHTTPConnection(str(port_or_path), 10)
+        c = UnixHTTPConnection(str(port_or_path), 10)
     try:
         c.request("GET", path)
         r = c.getresponse()
