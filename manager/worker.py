@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("passenger_lite.manager")
 W = WorkerState
 OUTPUT_TAIL = 40
+# Readiness is probed from 2 ms apart, growing to at most this: a worker that became ready just
+# after a probe waits at most this long for the next one (an on-demand spawn's request waits too).
+PROBE_MAX_INTERVAL = 0.02
 PROBE = b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nUser-Agent: passenger-lite-probe\r\nConnection: close\r\n\r\n"
 
 
@@ -160,7 +163,7 @@ class Worker:
             if await self._probe(min(remaining, 5.0)):
                 break
             await asyncio.wait([self._exit_task], timeout=min(delay, max(remaining, 0.001)))
-            delay = min(delay * 1.6, 0.1)
+            delay = min(delay * 1.6, PROBE_MAX_INTERVAL)
         if self.on_answer is not None:
             try:
                 self.on_answer()  # the poolset locks the socket's folder and checks the socket
