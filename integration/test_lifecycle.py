@@ -4,10 +4,11 @@ import signal
 import threading
 import time
 
+import psutil
 import pytest
 import yaml
 
-from harness import Server, app_config, copy_app
+from harness import Server, alive, app_config, copy_app
 from load import Load
 
 
@@ -68,6 +69,28 @@ def test_crash_looping_app_beside_a_healthy_one(make_server, apps_dir):
     r = s.cli("restart", "bad")
     assert r.returncode == 0, r.stderr
     assert s.get("/", host="bad.test")[0] == 200
+
+
+def test_a_worker_not_ready_within_start_timeout_is_killed_and_waiters_get_503(make_server, apps_dir):
+    slow = apps_dir / "slow"
+    slow.mkdir()
+    (slow / "passenger_wsgi.py").write_text(
+        "import sys, time\nprint('warming up a very slow cache', file=sys.stderr, flush=True)\ntime.sleep(120)\n")
+    s = make_server({"environment": "development", "apps": [
+        app_config("slow", slow, type="python-wsgi", min_processes=0, start_timeout=1)]})
+    status, _, body = s.get("/")
+    assert status == 503
+    page = body.decode()
+    assert "did not answer on its socket within 1 s" in page and "warming up a very slow cache" in page
+    st = wait_until(lambda: (a := s.app_status("slow"))["failed_starts"] >= 1 and a, what="failed start recorded")
+    assert st["workers"] == []
+    def in_app_dir(p):
+        try:
+            return p.cwd() == str(slow)
+        except psutil.Error:
+            return False
+    left = [p for p in psutil.process_iter() if in_app_dir(p) and alive(p)]
+    assert not left, f"the worker that never answered was killed: {left}"
 
 
 def test_production_error_page_is_plain_with_a_request_id(make_server, apps_dir):
