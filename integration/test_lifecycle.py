@@ -10,16 +10,7 @@ import yaml
 
 from harness import Server, alive, app_config, copy_app
 from load import Load
-
-
-def wait_until(fn, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from rawhttp import poll_until
 
 
 def pids(s, app):
@@ -35,9 +26,9 @@ def break_app(root):
 
 def test_killed_worker_is_replaced_and_min_processes_kept(make_server, apps_dir):
     s = make_server({"apps": [app_config("a", copy_app("wsgi_echo", apps_dir), min_processes=2)]})
-    before = wait_until(lambda: len(pids(s, "a")) == 2 and pids(s, "a"), what="2 workers")
+    before = poll_until(lambda: len(pids(s, "a")) == 2 and pids(s, "a"), what="2 workers")
     os.kill(before[0], signal.SIGKILL)
-    after = wait_until(lambda: (p := pids(s, "a")) and len(p) == 2 and before[0] not in p and p,
+    after = poll_until(lambda: (p := pids(s, "a")) and len(p) == 2 and before[0] not in p and p,
                        what="replacement worker")
     assert before[1] in after
     assert s.app_status("a")["crashes"] == 1
@@ -62,7 +53,7 @@ def test_crash_looping_app_beside_a_healthy_one(make_server, apps_dir):
     assert "virtualenv" in page  # the hint for a missing module
     for _ in range(20):
         assert s.get("/")[0] == 200  # the other app keeps serving throughout
-    st = wait_until(lambda: (a := s.app_status("bad"))["failed_starts"] >= 2 and a, what="retries with backoff")
+    st = poll_until(lambda: (a := s.app_status("bad"))["failed_starts"] >= 2 and a, what="retries with backoff")
     assert st["state"] in ("backoff", "failed", "starting")
     # fixing the app and restarting it brings it back
     (bad / "passenger_wsgi.py").write_text((good / "passenger_wsgi.py").read_text())
@@ -82,7 +73,7 @@ def test_a_worker_not_ready_within_start_timeout_is_killed_and_waiters_get_503(m
     assert status == 503
     page = body.decode()
     assert "did not answer on its socket within 1 s" in page and "warming up a very slow cache" in page
-    st = wait_until(lambda: (a := s.app_status("slow"))["failed_starts"] >= 1 and a, what="failed start recorded")
+    st = poll_until(lambda: (a := s.app_status("slow"))["failed_starts"] >= 1 and a, what="failed start recorded")
     assert st["workers"] == []
     def in_app_dir(p):
         try:
@@ -126,7 +117,7 @@ def test_scale_to_zero_round_trips(make_server, apps_dir):
     for _ in range(2):
         status, _, body = s.get("/")       # waits while a worker starts, then is served
         assert status == 200 and body == b"hello from wsgi\n"
-        wait_until(lambda: s.app_status("a")["workers"] == [], what="idle worker stopped")
+        poll_until(lambda: s.app_status("a")["workers"] == [], what="idle worker stopped")
     assert "idle for 1 s" in s.logs()
 
 
@@ -138,7 +129,7 @@ def test_max_requests_recycles_gracefully(make_server, apps_dir):
         for _ in range(6):  # the worker keeps serving until its replacement is ready: nothing waits or fails
             status, _, body = s.get("/pid")
             assert status == 200
-        wait_until(lambda: (p := pids(s, "a")) and first not in p, what="replacement after max_requests")
+        poll_until(lambda: (p := pids(s, "a")) and first not in p, what="replacement after max_requests")
         seen.append(first)
     assert len(set(seen)) == 3
     assert "max_requests" in s.logs()
@@ -148,7 +139,7 @@ def test_memory_limit_recycles(make_server, apps_dir):
     s = make_server({"apps": [app_config("a", copy_app("wsgi_echo", apps_dir), memory_limit=60)]})
     first = int(s.get("/pid")[2])
     assert s.get("/hog?mb=100")[0] == 200
-    wait_until(lambda: first not in pids(s, "a") and pids(s, "a"), what="replacement after memory_limit")
+    poll_until(lambda: first not in pids(s, "a") and pids(s, "a"), what="replacement after memory_limit")
     assert s.get("/")[0] == 200
     assert "memory_limit" in s.logs()
 
@@ -214,7 +205,7 @@ def test_reload_adds_removes_and_changes_apps_and_rejects_bad_configs(make_serve
         s.config.write_text(yaml.safe_dump(conf))
         a_pids = pids(s, "a")
         os.kill(s.proc.pid, signal.SIGHUP)
-        wait_until(lambda: "reloaded" in s.logs(), what="reload applied")
+        poll_until(lambda: "reloaded" in s.logs(), what="reload applied")
         assert [x["name"] for x in s.status()["apps"]] == ["a", "c"]
         assert not set(pids(s, "a")) & set(a_pids), "a was restarted"
         n = load.answered
@@ -234,7 +225,7 @@ def test_graceful_stop_finishes_in_flight_requests(tmp_path, apps_dir):
     result = {}
     t = threading.Thread(target=lambda: result.update(r=s.get("/slow?t=1.5")))
     t.start()
-    wait_until(lambda: s.app_status("a")["workers"][0]["in_flight"] == 1, what="request in flight")
+    poll_until(lambda: s.app_status("a")["workers"][0]["in_flight"] == 1, what="request in flight")
     assert s.stop() == 0
     t.join()
     assert result["r"][0] == 200 and result["r"][2] == b"slept\n"
@@ -252,7 +243,7 @@ def test_stop_ends_long_requests_after_shutdown_timeout(tmp_path, apps_dir):
             errors.append(e)
     t = threading.Thread(target=slow)
     t.start()
-    wait_until(lambda: s.app_status("a")["workers"][0]["in_flight"] == 1, what="request in flight")
+    poll_until(lambda: s.app_status("a")["workers"][0]["in_flight"] == 1, what="request in flight")
     t0 = time.monotonic()
     assert s.stop(timeout=20) == 0
     t.join(10)
