@@ -182,10 +182,10 @@ class AppPool:
         """Requests are waiting: spawn one more worker if allowed (one start at a time, as Passenger)."""
         if self.stopping or self.starting or self.state in (AppState.FAILED, AppState.BACKOFF):
             return
-        if len(self.live) >= self.max + self._surge:
+        n = len(self.live)
+        if n >= self.max + self._surge:
             return
         if self.spawn():
-            n = len(self.live)
             log.info("%s: %d request(s) waiting: %s", self.name, len(self.queue),
                      f"scaling up to {n + 1} workers" if n else "starting a worker on demand")
 

@@ -127,9 +127,9 @@ class Exchange:
         loop = self.front.loop
         try:
             if worker.port is None:  # the usual case: the worker's private Unix socket
-                _, conn = await loop.create_unix_connection(lambda: Upstream(worker, self.pool), worker.sock)
+                _, conn = await loop.create_unix_connection(lambda: Upstream(worker), worker.sock)
             else:  # a worker that listens on a loopback port (command spawner)
-                _, conn = await loop.create_connection(lambda: Upstream(worker, self.pool), "127.0.0.1", worker.port)
+                _, conn = await loop.create_connection(lambda: Upstream(worker), "127.0.0.1", worker.port)
         except OSError as e:
             self.worker = None
             self.pool.release(worker, failed=True, reason=f"cannot connect to its socket: {e.strerror or e}")
@@ -167,9 +167,6 @@ class Exchange:
         return True
 
     # ------------------------------------------------------------------ the request
-
-    def build_head(self) -> bytes:
-        return self.front.request_head(self)
 
     async def pump_body(self, conn: "Upstream") -> None:
         """Stream the rest of the request body to the worker, with backpressure both ways."""
@@ -234,14 +231,13 @@ class Upstream(asyncio.Protocol):
     """A keep-alive connection to one worker's socket; idle ones wait in `worker.idle`."""
 
     __slots__ = (
-        "worker", "pool", "transport", "parser", "ex", "reason", "hdrs", "cl", "bad", "interim",
+        "worker", "transport", "parser", "ex", "reason", "hdrs", "cl", "bad", "interim",
         "rechunk", "until_close", "keep", "write_paused", "drain_waiter", "paused_for_front",
         "tunnel", "te_chunked", "out",
     )
 
-    def __init__(self, worker, pool):
+    def __init__(self, worker):
         self.worker = worker
-        self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.ex: Exchange | None = None
@@ -293,7 +289,7 @@ class Upstream(asyncio.Protocol):
         self._reset()
         front = ex.front
         ex.response_deadline = front.loop.time() + ex.pool.response_timeout
-        head = ex.build_head()
+        head = front.request_head(ex)
         if ex.body:
             self.transport.write(head + (b"%x\r\n%s\r\n" % (len(ex.body), ex.body) if ex.up_chunked else ex.body))
         else:

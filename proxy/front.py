@@ -83,7 +83,6 @@ class FrontProtocol(BaseProtocol):
         self.fwd = b""
         self.tunnel = None
         self.ws_tail = b""
-        self.requests = 0
         self.paused_at = 0.0           # when the client last stopped taking response bytes
 
     # ------------------------------------------------------------------ connection
@@ -231,7 +230,6 @@ class FrontProtocol(BaseProtocol):
                 self.transport.resume_reading()
 
     def _start(self, msg, payload) -> None:
-        self.requests += 1
         proxy = self.proxy
         version = msg.version
         if version is not HttpVersion11 and version != HttpVersion11:
