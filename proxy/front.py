@@ -21,7 +21,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 
 from .forward import Exchange
 from .tunnel import Tunnel
-from .headers import FORWARDING, REQUEST_DROP, BadTarget, canonical_path, connection_tokens, normalise_host
+from .headers import FORWARDING, REQUEST_DROP, BadTarget, canonical_path, connection_tokens, date_line, normalise_host
 
 if TYPE_CHECKING:
     from .server import Listener, Proxy
@@ -452,7 +452,8 @@ class FrontProtocol(BaseProtocol):
     # ------------------------------------------------------------------ writing responses
 
     def end_head(self, parts: list) -> bytes:
-        """The response head from its status line and header lines, with our Connection header."""
+        """The response head from its status line and header lines, with our Date and Connection."""
+        parts.append(date_line())
         if not self.keep_alive or self.proxy.stopping:
             self.keep_alive = False
             parts.append(_CLOSE)
@@ -531,8 +532,8 @@ class FrontProtocol(BaseProtocol):
         rid = self.proxy.next_request_id()
         body = self.proxy.pages.render(status, rid, message=message or None)
         t.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: %d\r\n"
-                b"X-Request-Id: %s\r\nConnection: close\r\n\r\n%s"
-                % (status, self.proxy.pages.reason(status).encode(), len(body), rid.encode(), body))
+                b"X-Request-Id: %s\r\n%sConnection: close\r\n\r\n%s"
+                % (status, self.proxy.pages.reason(status).encode(), len(body), rid.encode(), date_line(), body))
         self.proxy.observe_early(status)
         t.close()
 

@@ -1,5 +1,5 @@
 """The response for one static file: validators and 304, one byte range (206/416), the
-precompressed variant, cache headers, and the body.
+precompressed variant, cache headers, and the body. Date is added by front.end_head.
 
 Bodies up to SMALL go out with their head in one write. Larger ones go by os.sendfile straight
 from the page cache to the client socket on plain TCP, and by pread + write with the protocol's
@@ -96,15 +96,7 @@ def accepted(ae: str) -> frozenset:
     return got
 
 
-_date = [0, b""]
 _http_dates: dict[int, str] = {}
-
-
-def date_header() -> bytes:
-    now = int(time.time())
-    if _date[0] != now:
-        _date[0], _date[1] = now, b"Date: %s\r\n" % formatdate(now, usegmt=True).encode()
-    return _date[1]
 
 
 def http_date(t: int) -> str:
@@ -177,7 +169,6 @@ def answer(front: "FrontProtocol", ex: "Exchange", headers, rel: str, fd: int, s
     etag = b'"%x-%x%s"' % (st.st_mtime_ns, size, b"-" + coding if coding else b"")
     last_modified = http_date(mtime)
     common = [
-        date_header(),
         b"ETag: %s\r\nLast-Modified: %s\r\n" % (etag, last_modified.encode()),
         _IMMUTABLE if fingerprinted(rel) else _REVALIDATE,
     ]
@@ -192,7 +183,7 @@ def answer(front: "FrontProtocol", ex: "Exchange", headers, rel: str, fd: int, s
     span = byte_range(headers, size, etag, last_modified)
     if span == "unsatisfiable":
         ex.status = 416
-        front.write_head([b"HTTP/1.1 416 Range Not Satisfiable\r\n", common[0],
+        front.write_head([b"HTTP/1.1 416 Range Not Satisfiable\r\n",
                           b"Content-Range: bytes */%d\r\nContent-Length: 0\r\n" % size])
         front.finish(ex)
         return False

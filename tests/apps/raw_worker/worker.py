@@ -38,6 +38,8 @@ ANSWERS = {
     "/garbage": b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
     # an app error is passed on as the app's (not rewritten)
     "/app-500": b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops",
+    # a Date of its own (the proxy sets the one Date the client sees)
+    "/old-date": b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok",
 }
 
 
