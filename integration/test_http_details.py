@@ -111,3 +111,27 @@ def test_every_response_has_exactly_one_date_header(make_server, apps_dir):
         for _ in range(3):
             c.send(request("GET", "/", host="py.test", close=False))
             one_fresh_date(c.response(), before)
+
+
+# ---------------------------------------------------------------------------- b. 100 Continue
+
+
+def test_100_continue_is_never_sent_to_http_10_clients(site):
+    """RFC 9110 10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request (it must not
+    send 1xx to a 1.0 client at all, 15.2); 1.1 clients still get it."""
+    head = (b"POST /echo HTTP/1.0\r\nHost: app.test\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 5\r\n\r\n")
+    with RawConn(site.port) as c:
+        c.send(head)
+        assert c.still_open(0.5)  # nothing: no interim answer, and the body is awaited
+        c.send(b"hello")
+        interim, r = c.final()
+        assert interim == [] and r.status == 200 and b"HTTP/1.1 100" not in r.raw_head
+        assert json.loads(r.body)["length"] == 5
+    with RawConn(site.port) as c:
+        c.send(head.replace(b"HTTP/1.0", b"HTTP/1.1"))
+        r = c.response()
+        assert r.status == 100
+        c.send(b"hello")
+        assert c.response().status == 200
+    next_is_served(site, "py")

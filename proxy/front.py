@@ -322,7 +322,7 @@ class FrontProtocol(BaseProtocol):
                 return
             ex.dispatch()
             return
-        if headers.get("Expect", "").lower() == "100-continue":
+        if self.http11 and headers.get("Expect", "").lower() == "100-continue":  # never to 1.0 (RFC 9110 15.2)
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         ex.payload = payload
         ex.body_task = self.loop.create_task(self._buffer_then_dispatch(ex, cl is None))
