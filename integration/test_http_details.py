@@ -135,3 +135,20 @@ def test_100_continue_is_never_sent_to_http_10_clients(site):
         c.send(b"hello")
         assert c.response().status == 200
     next_is_served(site, "py")
+
+
+# ---------------------------------------------------------------------------- d. Proxy-Authorization
+
+
+def test_proxy_authorization_is_forwarded_as_nginx_does(site):
+    """We never ask for proxy credentials (no 407 of our own), so they are not ours to consume:
+    passed to the app as nginx passes them, unless the client names them in Connection."""
+    r = exchange(site.port, request("GET", "/env", headers=[("Proxy-Authorization", "Basic dTpw")]))
+    assert json.loads(r.body)["headers"]["PROXY_AUTHORIZATION"] == "Basic dTpw"
+    r = exchange(site.port, request("GET", "/env", headers=[("Proxy-Authorization", "Basic dTpw"),
+                                                            ("Connection", "Proxy-Authorization")]))
+    assert "PROXY_AUTHORIZATION" not in json.loads(r.body)["headers"]
+    # and an app's 407 reaches the client with its challenge
+    r = exchange(site.port, request("GET", "/proxy-auth", host="raw.test"))
+    assert r.status == 407 and r.headers["proxy-authenticate"] == 'Basic realm="app"'
+    next_is_served(site, "raw")

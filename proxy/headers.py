@@ -12,9 +12,12 @@ from email.utils import formatdate
 from time import time as _time
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the ones we set ourselves: never forwarded as sent.
+# Proxy-Authorization and Proxy-Authenticate are not here: this server never asks for proxy
+# credentials (no 407 of its own), so they are not addressed to it; like nginx, it passes them
+# on (an app may do proxy authentication itself). Named in Connection, they are dropped.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+    b"upgrade",
 })
 # Set by the proxy from what it saw itself; client values are dropped unless the peer is trusted.
 FORWARDING = frozenset({

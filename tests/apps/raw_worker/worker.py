@@ -40,6 +40,9 @@ ANSWERS = {
     "/app-500": b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops",
     # a Date of its own (the proxy sets the one Date the client sees)
     "/old-date": b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok",
+    # an app that asks for proxy credentials itself
+    "/proxy-auth": b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"app\"\r\n"
+                   b"Content-Length: 0\r\n\r\n",
 }
 
 
