@@ -152,3 +152,44 @@ def test_proxy_authorization_is_forwarded_as_nginx_does(site):
     r = exchange(site.port, request("GET", "/proxy-auth", host="raw.test"))
     assert r.status == 407 and r.headers["proxy-authenticate"] == 'Basic realm="app"'
     next_is_served(site, "raw")
+
+
+# ---------------------------------------------------------------------------- e. Connection: close + more
+
+
+@pytest.mark.parametrize("first, rest", [
+    (request("GET", "/pid"), request("GET", "/env", close=False)),           # a pipelined request
+    (request("GET", "/pid"), b"garbage\r\n\r\n"),                             # junk
+    (request("GET", "/pid", version="HTTP/1.0", close=False), request("GET", "/env")),  # 1.0: closes
+    (request("POST", "/echo", body=b"abc"), request("GET", "/env")),           # after a body
+])
+def test_bytes_after_a_closing_request_are_ignored(site, first, rest):
+    """As nginx: the request that closes the connection is served, then the connection closes;
+    what the client sent after it is never parsed (it used to get 400 for the whole connection)."""
+    with RawConn(site.port) as c:
+        c.send(first + rest)
+        r = c.response()
+        assert r.status == 200, r.body[:300]
+        assert c.closed_by_server()
+    next_is_served(site, "py")
+
+
+def test_requests_before_the_closing_one_are_all_served(site):
+    with RawConn(site.port) as c:
+        c.send(request("GET", "/pid", close=False) + request("GET", "/pid") + request("GET", "/env"))
+        assert [c.response().status, c.response().status] == [200, 200]
+        assert c.closed_by_server()
+    next_is_served(site, "py")
+
+
+def test_bytes_after_a_closing_request_in_flight_do_not_cut_its_answer(site):
+    """The extra bytes come while the closing request is at the worker: its answer still
+    arrives whole (it used to be replaced by a 400)."""
+    with RawConn(site.port) as c:
+        c.send(request("GET", "/slow?t=0.5"))
+        time.sleep(0.1)
+        c.send(request("GET", "/env"))
+        r = c.response()
+        assert (r.status, r.body) == (200, b"slept\n")
+        assert c.closed_by_server()
+    next_is_served(site, "py")

@@ -37,6 +37,7 @@ _PIPELINE_MAX = 32             # parsed requests waiting their turn before we st
 _CLOSE = b"Connection: close\r\n\r\n"
 _KEEP = b"\r\n"
 _KEEP10 = b"Connection: keep-alive\r\n\r\n"
+_AFTER_CLOSE = "Data after `Connection: close`"  # llhttp's error for bytes after a closing request
 
 
 class CParserMissing(RuntimeError):
@@ -171,7 +172,8 @@ class FrontProtocol(BaseProtocol):
         try:
             messages, upgraded, tail = self._parser.feed_data(data)
         except http_exceptions.HttpProcessingError as e:
-            self._parse_error(e)
+            if _AFTER_CLOSE not in str(e) or not self._after_close(data, fresh):
+                self._parse_error(e)
             return
         if messages:
             self.partial_since = 0.0
@@ -186,6 +188,41 @@ class FrontProtocol(BaseProtocol):
             # the start of a request head: the header timeout runs from here
             self.partial_since = self.loop.time()
             self._check_request_line(data)
+
+    def _after_close(self, data: bytes, fresh: bool) -> bool:
+        """Bytes came after a request that closes the connection (Connection: close, or HTTP/1.0
+        without keep-alive). As nginx does, that request (and any before it) is served, then the
+        connection closes; the bytes after it are never parsed. llhttp refuses the whole read
+        (its messages are lost with the error), so a read that began between two requests
+        (`fresh`: nothing in flight, queued or half-received) is parsed again by a parser that
+        pauses after each message, stopping after the closing one. Runs only on that error.
+        False: none of that applies (the read may have begun inside a message): 400 as before."""
+        ex = self.ex
+        if (self.pending and self.pending[-1][0].should_close) or (ex is not None and ex.msg.should_close):
+            return True  # more bytes after the closing request we already have: ignored
+        if not fresh:
+            return False
+        parser = HttpRequestParser(
+            self, self.loop, _READ_LIMIT, max_line_size=self.proxy.max_header_size,
+            max_field_size=self.proxy.max_header_size, max_headers=self.proxy.max_headers,
+            auto_decompress=False, max_msg_queue_size=1)  # pauses after each message
+        got = []
+        try:
+            messages, upgraded, _ = parser.feed_data(data)
+            while messages and not upgraded:
+                got += messages
+                if messages[-1][0].should_close:
+                    break
+                parser.message_consumed()
+                messages, upgraded, _ = parser.feed_data(b"")
+        except http_exceptions.HttpProcessingError:
+            return False
+        if not got or not got[-1][0].should_close:
+            return False
+        self.partial_since = 0.0
+        self.pending.extend(got)
+        self._next()
+        return True
 
     def _check_request_line(self, data: bytes) -> None:
         """A request line llhttp would wait on forever (HTTP/0.9 has no version): answer now."""
