@@ -193,3 +193,29 @@ def test_bytes_after_a_closing_request_in_flight_do_not_cut_its_answer(site):
         assert (r.status, r.body) == (200, b"slept\n")
         assert c.closed_by_server()
     next_is_served(site, "py")
+
+
+# ---------------------------------------------------------------------------- f. response head limit
+
+
+@pytest.mark.parametrize("path", ["/big-head?n=70000", "/big-head?n=1000000", "/endless-head"])
+def test_a_response_head_over_64_kib_is_502(site, path):
+    """nginx answers 502 past proxy_buffer_size (4k/8k); we allow 64 KiB (MAX_RESPONSE_HEAD):
+    beyond it, 502, the worker's connection dropped, the worker released (not replaced)."""
+    with RawConn(site.port) as c:
+        c.send(request("GET", path, host="raw.test", close=False))
+        r = c.response()
+        assert r.status == 502, r.raw_head[:300]
+        assert r.count("x-big-0") == 0
+        # the same client connection goes on
+        c.send(request("GET", "/ok", host="raw.test", close=False))
+        assert c.response().body == b"ok"
+    next_is_served(site, "raw")
+    assert "response head over 65536 bytes" in site.logs()
+
+
+def test_a_response_head_under_the_limit_passes_whole(site):
+    r = exchange(site.port, request("GET", "/big-head?n=60000", host="raw.test"))
+    assert r.status == 200 and r.body == b"ok"
+    assert r.count("x-big-0") == 1 and sum(len(k) + len(r.headers[k]) for k in r.headers) > 59000
+    next_is_served(site, "raw")

@@ -29,6 +29,12 @@ REQUEST_DROP = HOP_BY_HOP | FORWARDING | frozenset({b"expect", b"content-length"
 # Response headers the proxy re-frames, must not pass on, or sets itself (Date, as nginx does:
 # one Date on every response, whatever the app sent or forgot; RFC 9110 6.6.1).
 RESPONSE_DROP = HOP_BY_HOP | frozenset({b"content-length", b"date"})
+# Most bytes of a worker's response head (status line and header fields as passed on, or the
+# reads that have not ended it yet): beyond, 502. nginx's proxy_buffer_size allows 4 or 8 KiB,
+# Envoy 60 KiB: this is generous for big Set-Cookie or Content-Security-Policy headers, below
+# what browsers accept (Chrome: 256 KiB), and a bound on what the front buffers for a worker
+# that sends header fields without end.
+MAX_RESPONSE_HEAD = 64 * 1024
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")

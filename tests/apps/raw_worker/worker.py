@@ -46,6 +46,18 @@ ANSWERS = {
 }
 
 
+def big_head(n):
+    """A 200 whose header fields (X-Big-0, X-Big-1, ... as sent, CRLFs included) are n bytes."""
+    lines = []
+    left = n
+    while left > 0:
+        name = b"X-Big-%d: " % len(lines)
+        size = min(1000, left)
+        lines.append(name + b"a" * max(size - len(name) - 2, 1) + b"\r\n")
+        left -= len(lines[-1])
+    return b"HTTP/1.1 200 OK\r\n" + b"".join(lines) + b"Content-Length: 2\r\n\r\nok"
+
+
 def read_head(conn, buf):
     while b"\r\n\r\n" not in buf:
         data = conn.recv(65536)
@@ -107,6 +119,14 @@ def serve(conn, number):
                     return
                 with LOCK:
                     STATE["after_upgrade"] += len(data)
+        elif path == "/big-head":  # ?n=BYTES of header fields
+            conn.sendall(big_head(int(target.partition(b"?")[2].partition(b"=")[2] or 65536)))
+        elif path == "/endless-head":  # header fields until the proxy hangs up
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            i = 0
+            while True:
+                conn.sendall(b"X-Endless-%d: %s\r\n" % (i, b"a" * 1000))
+                i += 1
         elif path == "/close":
             return  # no answer at all
         elif path == "/hang":
