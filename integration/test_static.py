@@ -144,6 +144,61 @@ def test_ranges(site):
     assert s.get("/hello.txt", headers={"Range": "bytes=0-4", "If-Range": '"old"'})[0] == 200
 
 
+def test_preconditions_get_412(site):
+    """If-Match and If-Unmodified-Since (nginx answers 412 too), checked before If-None-Match,
+    If-Modified-Since and Range, in RFC 9110 13.2.2's order."""
+    s = site
+    _, h, _ = s.get("/hello.txt")
+    etag, lm = h["etag"], h["last-modified"]
+    old = formatdate(time.time() - 30 * 86400, usegmt=True)
+    future = formatdate(time.time() + 86400, usegmt=True)
+    before = served_requests(s)
+    for headers in ({"If-Match": '"other"'}, {"If-Match": f'"x", W/{etag}'},  # a weak tag never matches
+                    {"If-Unmodified-Since": old}, {"If-Unmodified-Since": old, "Range": "bytes=0-4"},
+                    {"If-Match": '"other"', "If-None-Match": etag}, {"If-Match": '"other"', "If-Range": etag,
+                                                                     "Range": "bytes=0-4"}):
+        for method in ("GET", "HEAD"):
+            status, h412, body = s.request(method, "/hello.txt", headers=headers)
+            assert (status, body) == (412, b""), (method, headers)
+            assert h412["content-length"] == "0" and "date" in h412 and "etag" not in h412
+    for headers in ({"If-Match": etag}, {"If-Match": f'"x", {etag}'}, {"If-Match": "*"},
+                    {"If-Unmodified-Since": lm}, {"If-Unmodified-Since": future},
+                    {"If-Unmodified-Since": "not a date"},                   # ignored (RFC 9110 13.1.4)
+                    {"If-Match": etag, "If-Unmodified-Since": old}):        # If-Match wins
+        assert s.get("/hello.txt", headers=headers)[:3:2] == (200, b"hello from public\n"), headers
+    # a passed precondition goes on to the next ones
+    assert s.get("/hello.txt", headers={"If-Match": etag, "If-None-Match": etag})[0] == 304
+    assert s.get("/hello.txt", headers={"If-Unmodified-Since": lm, "Range": "bytes=0-4"})[2] == b"hello"
+    assert served_requests(s) == before  # none of it reached the app
+    # a 412 keeps the connection: the next request on it is served
+    with socket.create_connection(("127.0.0.1", s.port), timeout=20) as c:
+        c.sendall(b'GET /hello.txt HTTP/1.1\r\nHost: a.test\r\nIf-Match: "x"\r\n\r\n'
+                  b"GET /pid HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 412 ") and data.count(b"HTTP/1.1 200 OK") == 1
+    pid = int(data.rpartition(b"\r\n\r\n")[2])
+    st = s.app_status("a")
+    assert st["queue"] == 0 and [(w["pid"], w["in_flight"]) for w in st["workers"]] == [(pid, 0)]
+
+
+def test_if_range_with_a_date(site):
+    s = site
+    f = s.root / "public" / "hello.txt"
+    os.utime(f, (time.time() - 3600,) * 2)
+    lm = s.get("/hello.txt")[1]["last-modified"]
+    assert s.get("/hello.txt", headers={"Range": "bytes=0-4", "If-Range": lm})[:3:2] == (206, b"hello")
+    older = formatdate(time.time() - 7200, usegmt=True)
+    for v in (older, "not a date", "W/" + s.get("/hello.txt")[1]["etag"]):
+        assert s.get("/hello.txt", headers={"Range": "bytes=0-4", "If-Range": v})[0] == 200, v
+    # a Last-Modified not at least a second before now is a weak validator: the whole file (RFC
+    # 9110 13.1.5); a time ahead of the clock stands for "changed just now" without a race
+    os.utime(f, (time.time() + 30,) * 2)
+    lm = s.get("/hello.txt")[1]["last-modified"]
+    assert s.get("/hello.txt", headers={"Range": "bytes=0-4", "If-Range": lm})[0] == 200
+
+
 def test_precompressed_variants(site):
     s = site
     status, h, body = s.get("/lib.js", headers={"Accept-Encoding": "gzip, deflate"})

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from .headers import RESPONSE_DROP
+from .headers import MAX_RESPONSE_HEAD, RESPONSE_DROP
 
 if TYPE_CHECKING:
     from .front import FrontProtocol
@@ -233,7 +233,7 @@ class Upstream(asyncio.Protocol):
     __slots__ = (
         "worker", "transport", "parser", "ex", "reason", "hdrs", "cl", "bad", "interim",
         "rechunk", "until_close", "keep", "write_paused", "drain_waiter", "paused_for_front",
-        "tunnel", "te_chunked", "out",
+        "tunnel", "te_chunked", "out", "head_read",
     )
 
     def __init__(self, worker):
@@ -258,6 +258,7 @@ class Upstream(asyncio.Protocol):
         self.until_close = False
         self.te_chunked = False
         self.keep = True
+        self.head_read = 0  # bytes of the reads that ended before the response head did
 
     # ------------------------------------------------------------------ asyncio
 
@@ -313,6 +314,11 @@ class Upstream(asyncio.Protocol):
             self._broken(f"invalid response: {e}")
         if self.out:
             self._flush()
+        elif self.ex is not None and not self.ex.resp_started:
+            # the head goes on (and a header value without end never reaches on_header)
+            self.head_read += len(data)
+            if self.head_read > MAX_RESPONSE_HEAD:
+                self._broken(f"response head over {MAX_RESPONSE_HEAD} bytes")
 
     def _flush(self) -> None:
         """One write to the client for everything this read produced: a small response's head
@@ -410,7 +416,12 @@ class Upstream(asyncio.Protocol):
                 self.rechunk = True
             else:
                 front.keep_alive = False
-        self.out.append(front.end_head(parts))
+        head = front.end_head(parts)
+        if len(head) > MAX_RESPONSE_HEAD:  # one that came in a single read (else data_received)
+            ex.resp_started = False
+            self._broken(f"response head over {MAX_RESPONSE_HEAD} bytes")
+            return
+        self.out.append(head)
         if ex.method == "HEAD":
             # llhttp would wait for the body a Content-Length announces: end here, do not reuse
             self.ex = None

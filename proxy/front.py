@@ -21,7 +21,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 
 from .forward import Exchange
 from .tunnel import Tunnel
-from .headers import FORWARDING, REQUEST_DROP, BadTarget, canonical_path, connection_tokens, normalise_host
+from .headers import FORWARDING, REQUEST_DROP, BadTarget, canonical_path, connection_tokens, date_line, normalise_host
 
 if TYPE_CHECKING:
     from .server import Listener, Proxy
@@ -37,6 +37,7 @@ _PIPELINE_MAX = 32             # parsed requests waiting their turn before we st
 _CLOSE = b"Connection: close\r\n\r\n"
 _KEEP = b"\r\n"
 _KEEP10 = b"Connection: keep-alive\r\n\r\n"
+_AFTER_CLOSE = "Data after `Connection: close`"  # llhttp's error for bytes after a closing request
 
 
 class CParserMissing(RuntimeError):
@@ -171,7 +172,8 @@ class FrontProtocol(BaseProtocol):
         try:
             messages, upgraded, tail = self._parser.feed_data(data)
         except http_exceptions.HttpProcessingError as e:
-            self._parse_error(e)
+            if _AFTER_CLOSE not in str(e) or not self._after_close(data, fresh):
+                self._parse_error(e)
             return
         if messages:
             self.partial_since = 0.0
@@ -186,6 +188,41 @@ class FrontProtocol(BaseProtocol):
             # the start of a request head: the header timeout runs from here
             self.partial_since = self.loop.time()
             self._check_request_line(data)
+
+    def _after_close(self, data: bytes, fresh: bool) -> bool:
+        """Bytes came after a request that closes the connection (Connection: close, or HTTP/1.0
+        without keep-alive). As nginx does, that request (and any before it) is served, then the
+        connection closes; the bytes after it are never parsed. llhttp refuses the whole read
+        (its messages are lost with the error), so a read that began between two requests
+        (`fresh`: nothing in flight, queued or half-received) is parsed again by a parser that
+        pauses after each message, stopping after the closing one. Runs only on that error.
+        False: none of that applies (the read may have begun inside a message): 400 as before."""
+        ex = self.ex
+        if (self.pending and self.pending[-1][0].should_close) or (ex is not None and ex.msg.should_close):
+            return True  # more bytes after the closing request we already have: ignored
+        if not fresh:
+            return False
+        parser = HttpRequestParser(
+            self, self.loop, _READ_LIMIT, max_line_size=self.proxy.max_header_size,
+            max_field_size=self.proxy.max_header_size, max_headers=self.proxy.max_headers,
+            auto_decompress=False, max_msg_queue_size=1)  # pauses after each message
+        got = []
+        try:
+            messages, upgraded, _ = parser.feed_data(data)
+            while messages and not upgraded:
+                got += messages
+                if messages[-1][0].should_close:
+                    break
+                parser.message_consumed()
+                messages, upgraded, _ = parser.feed_data(b"")
+        except http_exceptions.HttpProcessingError:
+            return False
+        if not got or not got[-1][0].should_close:
+            return False
+        self.partial_since = 0.0
+        self.pending.extend(got)
+        self._next()
+        return True
 
     def _check_request_line(self, data: bytes) -> None:
         """A request line llhttp would wait on forever (HTTP/0.9 has no version): answer now."""
@@ -322,7 +359,7 @@ class FrontProtocol(BaseProtocol):
                 return
             ex.dispatch()
             return
-        if headers.get("Expect", "").lower() == "100-continue":
+        if self.http11 and headers.get("Expect", "").lower() == "100-continue":  # never to 1.0 (RFC 9110 15.2)
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         ex.payload = payload
         ex.body_task = self.loop.create_task(self._buffer_then_dispatch(ex, cl is None))
@@ -452,7 +489,8 @@ class FrontProtocol(BaseProtocol):
     # ------------------------------------------------------------------ writing responses
 
     def end_head(self, parts: list) -> bytes:
-        """The response head from its status line and header lines, with our Connection header."""
+        """The response head from its status line and header lines, with our Date and Connection."""
+        parts.append(date_line())
         if not self.keep_alive or self.proxy.stopping:
             self.keep_alive = False
             parts.append(_CLOSE)
@@ -531,8 +569,8 @@ class FrontProtocol(BaseProtocol):
         rid = self.proxy.next_request_id()
         body = self.proxy.pages.render(status, rid, message=message or None)
         t.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: %d\r\n"
-                b"X-Request-Id: %s\r\nConnection: close\r\n\r\n%s"
-                % (status, self.proxy.pages.reason(status).encode(), len(body), rid.encode(), body))
+                b"X-Request-Id: %s\r\n%sConnection: close\r\n\r\n%s"
+                % (status, self.proxy.pages.reason(status).encode(), len(body), rid.encode(), date_line(), body))
         self.proxy.observe_early(status)
         t.close()
 

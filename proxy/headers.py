@@ -1,16 +1,23 @@
-"""Host and path normalisation, and the header names the proxy never forwards as they came.
+"""Host and path normalisation, the header names the proxy never forwards as they came, and the
+Date line of every response.
 
-Pure functions, no I/O; the hot path calls `canonical_path` and `normalise_host` only when the
-cheap checks in front.py see something unusual (a '%', a dot segment, an unseen Host value).
+Pure functions, no I/O (but the clock, for `date_line`); the hot path calls `canonical_path` and
+`normalise_host` only when the cheap checks in front.py see something unusual (a '%', a dot
+segment, an unseen Host value).
 """
 from __future__ import annotations
 
 import re
+from email.utils import formatdate
+from time import time as _time
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the ones we set ourselves: never forwarded as sent.
+# Proxy-Authorization and Proxy-Authenticate are not here: this server never asks for proxy
+# credentials (no 407 of its own), so they are not addressed to it; like nginx, it passes them
+# on (an app may do proxy authentication itself). Named in Connection, they are dropped.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+    b"upgrade",
 })
 # Set by the proxy from what it saw itself; client values are dropped unless the peer is trusted.
 FORWARDING = frozenset({
@@ -19,8 +26,15 @@ FORWARDING = frozenset({
 })
 # Request headers the proxy handles itself.
 REQUEST_DROP = HOP_BY_HOP | FORWARDING | frozenset({b"expect", b"content-length", b"host"})
-# Response headers the proxy re-frames or must not pass on.
-RESPONSE_DROP = HOP_BY_HOP | frozenset({b"content-length"})
+# Response headers the proxy re-frames, must not pass on, or sets itself (Date, as nginx does:
+# one Date on every response, whatever the app sent or forgot; RFC 9110 6.6.1).
+RESPONSE_DROP = HOP_BY_HOP | frozenset({b"content-length", b"date"})
+# Most bytes of a worker's response head (status line and header fields as passed on, or the
+# reads that have not ended it yet): beyond, 502. nginx's proxy_buffer_size allows 4 or 8 KiB,
+# Envoy 60 KiB: this is generous for big Set-Cookie or Content-Security-Policy headers, below
+# what browsers accept (Chrome: 256 KiB), and a bound on what the front buffers for a worker
+# that sends header fields without end.
+MAX_RESPONSE_HEAD = 64 * 1024
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -103,3 +117,17 @@ def connection_tokens(values: list[bytes]) -> set[bytes]:
             if tok:
                 out.add(tok)
     return out
+
+
+_date = [0.0, b""]  # (when the cached line expires, "Date: ...\r\n")
+
+
+def date_line() -> bytes:
+    """The `Date:` header line for now, formatted once a second (per response: one clock read)."""
+    now = _time()
+    if now < _date[0]:
+        return _date[1]
+    t = int(now)
+    _date[0] = t + 1.0
+    _date[1] = b"Date: %s\r\n" % formatdate(t, usegmt=True).encode()
+    return _date[1]

@@ -1,5 +1,7 @@
-"""The response for one static file: validators and 304, one byte range (206/416), the
-precompressed variant, cache headers, and the body.
+"""The response for one static file: preconditions (412), validators and 304, one byte range
+(206/416), the precompressed variant, cache headers, and the body. The conditional headers are
+evaluated in RFC 9110 13.2.2's order: If-Match, else If-Unmodified-Since (412); If-None-Match,
+else If-Modified-Since (304); If-Range, then Range (206). Date is added by front.end_head.
 
 Bodies up to SMALL go out with their head in one write. Larger ones go by os.sendfile straight
 from the page cache to the client socket on plain TCP, and by pread + write with the protocol's
@@ -96,15 +98,7 @@ def accepted(ae: str) -> frozenset:
     return got
 
 
-_date = [0, b""]
 _http_dates: dict[int, str] = {}
-
-
-def date_header() -> bytes:
-    now = int(time.time())
-    if _date[0] != now:
-        _date[0], _date[1] = now, b"Date: %s\r\n" % formatdate(now, usegmt=True).encode()
-    return _date[1]
 
 
 def http_date(t: int) -> str:
@@ -114,6 +108,31 @@ def http_date(t: int) -> str:
             _http_dates.clear()
         s = _http_dates[t] = formatdate(t, usegmt=True)
     return s
+
+
+def _date(value: str) -> float | None:
+    """An HTTP-date as a timestamp, or None when it is not one (then the header is ignored)."""
+    try:
+        d = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return d.timestamp() if d.tzinfo is not None else None
+
+
+def precondition_failed(headers, etag: bytes, mtime: int) -> bool:
+    """If-Match (strong comparison; `*` matches: the file exists), else If-Unmodified-Since (an
+    invalid date is ignored, RFC 9110 13.1.4; nginx answers it 412)."""
+    im = headers.get("If-Match")
+    if im is not None:
+        if im.strip() == "*":
+            return False
+        tag = etag.decode()
+        return all(t.strip() != tag for t in im.split(","))
+    ius = headers.get("If-Unmodified-Since")
+    if ius:
+        t = _date(ius)
+        return t is not None and mtime > t
+    return False
 
 
 def not_modified(headers, etag: bytes, last_modified: str, mtime: int) -> bool:
@@ -127,14 +146,12 @@ def not_modified(headers, etag: bytes, last_modified: str, mtime: int) -> bool:
     if ims:
         if ims == last_modified:
             return True
-        try:
-            return mtime <= parsedate_to_datetime(ims).timestamp()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return False
+        t = _date(ims)
+        return t is not None and mtime <= t
     return False
 
 
-def byte_range(headers, size: int, etag: bytes, last_modified: str):
+def byte_range(headers, size: int, etag: bytes, mtime: int):
     """None (send it all), (start, end) inclusive, or "unsatisfiable". One range only: a
     multi-range request gets the whole file, which RFC 9110 allows."""
     r = headers.get("Range")
@@ -146,7 +163,9 @@ def byte_range(headers, size: int, etag: bytes, last_modified: str):
         if v.startswith(('"', "W/")):
             if v != etag.decode():  # strong comparison: a weak tag never matches
                 return None
-        elif v != last_modified:
+        elif _date(v) != mtime or time.time() < mtime + 1:
+            # a date must be Last-Modified exactly, and a strong validator: not a file changed
+            # within the last second (RFC 9110 13.1.5, 8.8.2.2)
             return None
     unit, _, spec = r.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
@@ -177,22 +196,26 @@ def answer(front: "FrontProtocol", ex: "Exchange", headers, rel: str, fd: int, s
     etag = b'"%x-%x%s"' % (st.st_mtime_ns, size, b"-" + coding if coding else b"")
     last_modified = http_date(mtime)
     common = [
-        date_header(),
         b"ETag: %s\r\nLast-Modified: %s\r\n" % (etag, last_modified.encode()),
         _IMMUTABLE if fingerprinted(rel) else _REVALIDATE,
     ]
     if vary:
         common.append(b"Vary: Accept-Encoding\r\n")
     ex.t_response = time.monotonic()
+    if precondition_failed(headers, etag, mtime):
+        ex.status = 412
+        front.write_head([b"HTTP/1.1 412 Precondition Failed\r\n", b"Content-Length: 0\r\n"])
+        front.finish(ex)
+        return False
     if not_modified(headers, etag, last_modified, mtime):
         ex.status = 304
         front.write_head([b"HTTP/1.1 304 Not Modified\r\n", *common])
         front.finish(ex)
         return False
-    span = byte_range(headers, size, etag, last_modified)
+    span = byte_range(headers, size, etag, mtime)
     if span == "unsatisfiable":
         ex.status = 416
-        front.write_head([b"HTTP/1.1 416 Range Not Satisfiable\r\n", common[0],
+        front.write_head([b"HTTP/1.1 416 Range Not Satisfiable\r\n",
                           b"Content-Range: bytes */%d\r\nContent-Length: 0\r\n" % size])
         front.finish(ex)
         return False

@@ -38,7 +38,24 @@ ANSWERS = {
     "/garbage": b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
     # an app error is passed on as the app's (not rewritten)
     "/app-500": b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops",
+    # a Date of its own (the proxy sets the one Date the client sees)
+    "/old-date": b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok",
+    # an app that asks for proxy credentials itself
+    "/proxy-auth": b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"app\"\r\n"
+                   b"Content-Length: 0\r\n\r\n",
 }
+
+
+def big_head(n):
+    """A 200 whose header fields (X-Big-0, X-Big-1, ... as sent, CRLFs included) are n bytes."""
+    lines = []
+    left = n
+    while left > 0:
+        name = b"X-Big-%d: " % len(lines)
+        size = min(1000, left)
+        lines.append(name + b"a" * max(size - len(name) - 2, 1) + b"\r\n")
+        left -= len(lines[-1])
+    return b"HTTP/1.1 200 OK\r\n" + b"".join(lines) + b"Content-Length: 2\r\n\r\nok"
 
 
 def read_head(conn, buf):
@@ -102,6 +119,14 @@ def serve(conn, number):
                     return
                 with LOCK:
                     STATE["after_upgrade"] += len(data)
+        elif path == "/big-head":  # ?n=BYTES of header fields
+            conn.sendall(big_head(int(target.partition(b"?")[2].partition(b"=")[2] or 65536)))
+        elif path == "/endless-head":  # header fields until the proxy hangs up
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            i = 0
+            while True:
+                conn.sendall(b"X-Endless-%d: %s\r\n" % (i, b"a" * 1000))
+                i += 1
         elif path == "/close":
             return  # no answer at all
         elif path == "/hang":
