@@ -79,11 +79,13 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
+    own = {id(k) for k, _ in node.value}  # keys written here; flatten_mapping adds those of `<<:` first
     loader.flatten_mapping(node)
     out = _LineDict()
     out.line = node.start_mark.line + 1
     out.key_lines = {}
     out.duplicates = []
+    merged: set = set()  # keys that came from `<<: *defaults`: a key written here overrides them
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
@@ -92,9 +94,12 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
         except TypeError:
             raise yaml.constructor.ConstructorError(
                 None, None, "a mapping key must be a plain value", key_node.start_mark)
-        if key in out:
+        if key in out and key not in merged:
             out.duplicates.append((key, line, out.key_lines[key]))
             continue
+        merged.discard(key)
+        if id(key_node) not in own:
+            merged.add(key)
         out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[key] = line
     return out

@@ -75,6 +75,15 @@ def test_duplicate_keys_are_rejected_with_the_full_key(tmp_path):
     assert f"{tmp_path / 'sites.yaml'}:7: apps[1] (blog).path: duplicate key (first given on line 6)" in str(e)
 
 
+def test_a_key_given_here_overrides_one_merged_from_an_anchor(tmp_path):
+    site = load(tmp_path, "apps:\n  - &a\n    name: a\n    root: ./app\n    max_processes: 2\n"
+                          "  - <<: *a\n    name: b\n    path: /b\n    max_processes: 3\n")
+    assert [(a.name, a.path, a.max_processes) for a in site.apps] == [("a", "/", 2), ("b", "/b", 3)]
+    e = problems(tmp_path, "apps:\n  - &a\n    name: a\n    root: ./app\n"
+                           "  - <<: *a\n    name: b\n    path: /b\n    path: /c\n")
+    assert [(p.key, p.line) for p in e.problems] == [("apps[1] (b).path", 8)]
+
+
 def test_schema_and_cross_check_errors_come_in_one_pass(tmp_path):
     e = problems(tmp_path, "max_pool_size: lots\n"
                            "apps:\n  - name: a\n    root: ./app\n    bogus: 1\n"
