@@ -8,6 +8,7 @@ asserts that none of them (workers, their children, the watchdog) is still alive
 """
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,10 +44,23 @@ def cli_command() -> list[str]:
     return [sys.executable, "-m", "passenger_lite.manager.cli"]
 
 
+def elsewhere() -> Path:
+    """An empty folder that holds no config: the CLI always runs from here (as systemd runs it
+    from /), so a path that only works from the config's folder fails every test (issue 12)."""
+    d = Path(tempfile.gettempdir()) / f"pl-elsewhere-{os.getpid()}"
+    if not d.is_dir():
+        d.mkdir(mode=0o755)
+        atexit.register(shutil.rmtree, d, True)
+    return d
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 60, env: dict | None = None,
             input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_command() + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env, input=input)
+    if cwd is not None and "--config" in args:
+        config = Path(args[list(args).index("--config") + 1])
+        assert Path(cwd).resolve() != config.absolute().parent.resolve(), "run the CLI from elsewhere"
+    return subprocess.run(cli_command() + list(args), cwd=cwd or elsewhere(), capture_output=True, text=True,
+                          timeout=timeout, env=env, input=input)
 
 
 def copy_app(name: str, dest: Path) -> Path:
@@ -100,7 +115,7 @@ class Server:
         if self.env:
             env.update(self.env)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), cwd=self.dir, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.command(), cwd=elsewhere(), stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env)
         if self._wait:
             self.wait_ready(self.ready_timeout)
@@ -208,7 +223,7 @@ class Server:
         return next(a for a in self.status()["apps"] if a["name"] == name)
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return run_cli(*args, "--config", str(self.config), cwd=self.dir, timeout=timeout)
+        return run_cli(*args, "--config", str(self.config), timeout=timeout)
 
     def connection(self, timeout: float = 30) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)

@@ -163,7 +163,7 @@ def front_connections(s: Server) -> int:
                if c.laddr and c.laddr.port == s.port and c.status == psutil.CONN_ESTABLISHED)
 
 
-@pytest.mark.skipif(shutil.which("slowhttptest") is None, reason="slowhttptest is not installed (.ci/setup)")
+@pytest.mark.skipif(shutil.which("slowhttptest") is None, reason="slowhttptest is not installed (.ci/setup-tests)")
 def test_a_normal_request_is_served_during_a_slowloris_attack(make_server, apps_dir, record_property):
     s = make_server({"apps": [app_config("a", copy_app("wsgi_echo", apps_dir), min_processes=1)]})
     # 200 connections sending one more header line every 5 s, for at most 40 s

@@ -13,7 +13,7 @@ import time
 import psutil
 import yaml
 
-from harness import Server, app_config, cli_command, copy_app, run_cli
+from harness import Server, app_config, cli_command, copy_app, elsewhere, run_cli
 from rawhttp import poll_until
 
 
@@ -239,7 +239,7 @@ class TtyServer(Server):
         env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="120")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cli_command() + ["start", "--config", str(self.config), *self.args],
-                                     cwd=self.dir, stdin=slave, stdout=slave, stderr=slave, env=env)
+                                     cwd=elsewhere(), stdin=slave, stdout=slave, stderr=slave, env=env)
         os.close(slave)
         self.master = master
         self.screen = b""

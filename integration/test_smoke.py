@@ -38,8 +38,15 @@ def assert_no_leftovers(tmp_path) -> None:
         raise AssertionError(f"processes left behind: {leftovers(tmp_path)}") from None
 
 
+def cwd_in(tmp_path):
+    """Not the config's folder (the harness's rule), but under tmp_path, where leftovers() looks."""
+    d = tmp_path / "cwd"
+    d.mkdir(exist_ok=True)
+    return d
+
+
 def smoke(tmp_path, cfg: str, *args: str) -> subprocess.CompletedProcess:
-    r = run_cli("smoke", "--config", cfg, *args, cwd=tmp_path, timeout=120)
+    r = run_cli("smoke", "--config", cfg, *args, cwd=cwd_in(tmp_path), timeout=120)
     assert_no_leftovers(tmp_path)
     return r
 
@@ -155,7 +162,7 @@ def test_smoke_exits_2_on_a_config_error_and_1_when_interrupted(tmp_path, apps_d
     (slow / "passenger_wsgi.py").write_text("import time\nprint('booting', flush=True)\ntime.sleep(60)\n"
                                             "def application(e, s):\n    pass\n")
     cfg = write_config(tmp_path, [app_config("slow", slow)])
-    p = subprocess.Popen(cli_command() + ["smoke", "--config", cfg, "--verbose"], cwd=tmp_path,
+    p = subprocess.Popen(cli_command() + ["smoke", "--config", cfg, "--verbose"], cwd=cwd_in(tmp_path),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     poll_until(lambda: str(slow) in cwds_of_children(p.pid), what="the worker booting")
     p.send_signal(signal.SIGINT)

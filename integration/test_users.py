@@ -2,7 +2,7 @@
 no other user can reach or replace. Through the real CLI, with real users:
 
 - `pltest` (group `pltest`, supplementary group `pltest-extra`), created here if missing (and
-  by .ci/setup), owns the apps of the "regular user" cases;
+  by .ci/setup-tests), owns the apps of the "regular user" cases;
 - `nobody` is the default_user and the outsider that tries the sockets.
 
 The apps that run as those users live in a world-traversable temp folder (pytest's own are 0700

@@ -35,7 +35,7 @@ def ws_app(lang: str, apps_dir, **kw) -> dict:
         pytest.skip(f"no {kind} spawner installed yet")
     if lang == "node":
         if not (APPS / folder / "node_modules").is_dir():
-            pytest.fail(f"run `npm ci` in tests/apps/{folder} (.ci/setup does)")
+            pytest.fail(f"run `npm ci` in tests/apps/{folder} (.ci/setup-tests does)")
         root = APPS / folder  # used in place: it is not edited, and its node_modules stay with it
     else:
         root = copy_app(folder, apps_dir)

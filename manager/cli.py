@@ -106,18 +106,70 @@ def cmd_schema(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- control clients
 
 
-def control(config: str, method: str, path: str, timeout: float = 600) -> tuple[int, dict]:
-    from .runtimedir import RuntimeDirError, control_socket
+def _instance(config: str) -> Path:
+    """The folder of our manager running for `config`; else a one-line error (exit 1) that says
+    whose manager it is when another user's serves this config. Creates nothing."""
+    from .runtimedir import find_instance_dir
 
     cfg = Path(config)
     if not cfg.exists():
         _fail(f"config file {config} not found", 2)
-    try:
-        sock = control_socket(cfg)
-    except RuntimeDirError as e:
-        _fail(str(e))
-    if not sock.exists():
+    d = find_instance_dir(cfg)
+    if d is None:
+        _not_running(cfg)
+    return d
+
+
+def _not_running(cfg: Path) -> NoReturn:
+    others = _others_serving(cfg)
+    if not others:
         _fail(f"no passenger-lite is running for {cfg.resolve()}")
+    pid, user = others[0]
+    how = "as root (sudo)" if user == "root" else f"as {user}"
+    _fail(f"the passenger-lite running for {cfg.resolve()} (pid {pid}) belongs to user {user}, not to you; "
+          f"only its user can use its control socket: run this command {how}")
+
+
+def _others_serving(cfg: Path) -> list[tuple[int, str]]:
+    """`passenger-lite start` processes of other users for this config file: [(pid, user)].
+    Their command line is public; a relative --config is compared through their cwd where we may
+    read it, else by the file's name."""
+    import psutil
+
+    target = cfg.resolve()
+    me = os.geteuid()
+    out = []
+    for p in psutil.process_iter(["pid", "uids", "username", "cmdline"]):
+        try:
+            argv = p.info["cmdline"] or []
+            if p.info["uids"] is None or p.info["uids"].effective == me or "start" not in argv:
+                continue
+            if not any(a.endswith(PROG) or a == "passenger_lite.manager.cli" for a in argv[:3]):
+                continue
+            given = DEFAULT_CONFIG
+            for i, a in enumerate(argv):
+                if a in ("--config", "-c") and i + 1 < len(argv):
+                    given = argv[i + 1]
+                elif a.startswith("--config="):
+                    given = a.split("=", 1)[1]
+            path = Path(given)
+            if not path.is_absolute():
+                try:
+                    path = Path(p.cwd()) / path
+                except psutil.Error:
+                    if path.name != target.name:
+                        continue
+                    path = target
+            if path.resolve() == target:
+                out.append((p.info["pid"], p.info["username"] or str(p.info["uids"].effective)))
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
+def control(config: str, method: str, path: str, timeout: float = 600) -> tuple[int, dict]:
+    cfg = Path(config)
+    sock = _instance(config) / "control.sock"
     conn = UnixHTTPConnection(str(sock), timeout)
     try:
         conn.request(method, path)
@@ -161,24 +213,30 @@ def cmd_reload(a: argparse.Namespace) -> int:
     if not data.get("ok"):
         print(f"{PROG}: reload rejected; the running config stays\n{data.get('error')}", file=sys.stderr)
         return 2
-    print(f"reloaded: added {', '.join(data['added']) or '-'}; removed {', '.join(data['removed']) or '-'}; "
-          f"changed {', '.join(data['changed']) or '-'}")
-    return 0
+    line = (f"reloaded: added {', '.join(data['added']) or '-'}; removed {', '.join(data['removed']) or '-'}; "
+            f"changed {', '.join(data['changed']) or '-'}")
+    if data.get("site"):
+        line += f"; site keys applied: {', '.join(data['site'])}"
+    print(line, flush=True)
+    if data.get("restart_needed"):  # applied, but not until the next start: a warning, exit 0
+        print(f"{PROG}: warning: {', '.join(data['restart_needed'])} changed, which takes a restart "
+              f"(stop, then start) to apply; until then the running value stays", file=sys.stderr)
+    for err in data.get("errors") or []:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+    return 1 if data.get("errors") else 0
 
 
 STOP_WAIT = 300.0  # seconds `stop` waits for the manager to finish (requests, then workers)
 
 
-def _wait_stopped(config: str, timeout: float) -> bool:
+def _wait_stopped(instance: Path, timeout: float) -> bool:
     """Block until the manager releases its instance lock, the last thing it does once its
     workers are gone (the kernel releases it too if the manager is killed)."""
     import fcntl
     import signal
 
-    from .runtimedir import instance_dir
-
     try:
-        fd = os.open(instance_dir(Path(config)) / "lock", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(instance / "lock", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return True
 
@@ -199,9 +257,10 @@ def _wait_stopped(config: str, timeout: float) -> bool:
 
 
 def cmd_stop(a: argparse.Namespace) -> int:
+    instance = _instance(a.config)
     control(a.config, "POST", "/stop")
     print("stopping…", flush=True)
-    if not _wait_stopped(a.config, STOP_WAIT):
+    if not _wait_stopped(instance, STOP_WAIT):
         _fail(f"the manager is still stopping after {STOP_WAIT:g} s")
     print("stopped")
     return 0
@@ -210,8 +269,20 @@ def cmd_stop(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parser
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), as pip and `pip show` see it."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("passenger-lite")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="A small polyglot app server (Python, Ruby, Node.js).")
+    p.add_argument("--version", action="version", version=f"{PROG} {version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -244,11 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         code = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is handled below
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # `passenger-lite check | head -1`: the reader is gone; stop quietly, as cat or grep do,
+        # with the status a shell gives a process ended by SIGPIPE. Python would otherwise
+        # report the pipe again when it flushes stdout on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + 13
     sys.exit(code or 0)
 
 

@@ -15,10 +15,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, Union
+from typing import Annotated, Any, Literal, Protocol, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
 # ----------------------------------------------------------------------------- errors
 
@@ -28,6 +28,7 @@ class Problem:
     key: str  # e.g. "apps[1] (blog).hosts[0]"; "" for the whole file
     message: str
     line: int | None = None
+    column: int | None = None  # YAML syntax errors only
 
 
 class ConfigError(Exception):
@@ -46,6 +47,8 @@ class ConfigError(Exception):
         lines = [head]
         for p in self.problems[: self.MAX_SHOWN]:
             where = f"{self.path}:{p.line}" if p.line else self.path
+            if p.line and p.column:
+                where += f":{p.column}"
             key = f" {p.key}:" if p.key else ""
             lines.append(f"  {where}:{key} {p.message}")
         if n > self.MAX_SHOWN:
@@ -57,10 +60,13 @@ class ConfigError(Exception):
 
 
 class _LineDict(dict):
-    """A mapping from YAML that knows the line of each of its keys."""
+    """A mapping from YAML that knows the line of each of its keys, and the keys it was given
+    twice: (key, line, line of the first) - the first value is kept, the error is reported with
+    the others (see duplicate_keys)."""
 
     line: int
     key_lines: dict
+    duplicates: list
 
 
 class _LineList(list):
@@ -68,20 +74,18 @@ class _LineList(list):
     item_lines: list
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, key: Any, line: int, first: int):
-        self.key, self.line, self.first = key, line, first
-
-
 class _Loader(yaml.SafeLoader):
     pass
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
+    own = {id(k) for k, _ in node.value}  # keys written here; flatten_mapping adds those of `<<:` first
     loader.flatten_mapping(node)
     out = _LineDict()
     out.line = node.start_mark.line + 1
     out.key_lines = {}
+    out.duplicates = []
+    merged: set = set()  # keys that came from `<<: *defaults`: a key written here overrides them
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
@@ -90,8 +94,12 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
         except TypeError:
             raise yaml.constructor.ConstructorError(
                 None, None, "a mapping key must be a plain value", key_node.start_mark)
-        if key in out:
-            raise _DuplicateKey(key, line, out.key_lines[key])
+        if key in out and key not in merged:
+            out.duplicates.append((key, line, out.key_lines[key]))
+            continue
+        merged.discard(key)
+        if id(key_node) not in own:
+            merged.add(key)
         out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[key] = line
     return out
@@ -117,15 +125,55 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(path, [Problem("", f"cannot read: {e}")]) from None
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except _DuplicateKey as e:
-        raise ConfigError(path, [Problem(str(e.key), f"duplicate key (first given on line {e.first})", e.line)]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
-        msg = " ".join(x for x in (e.context, e.problem) if x) or "invalid YAML"
-        raise ConfigError(path, [Problem("", f"invalid YAML: {msg}", line)]) from None
+        column = mark.column + 1 if mark else None
+        raise ConfigError(path, [Problem("", f"invalid YAML: {_yaml_hint(e)}", line, column)]) from None
     except yaml.YAMLError as e:
         raise ConfigError(path, [Problem("", f"invalid YAML: {e}")]) from None
+
+
+def _yaml_hint(e: yaml.MarkedYAMLError) -> str:
+    """PyYAML's message, led by what to do about it where the cause is a common one."""
+    problem = e.problem or ""
+    context = e.context or ""
+    raw = ": ".join(x for x in (context, problem) if x) or "syntax error"
+    opened = f" on line {e.context_mark.line + 1}" if e.context_mark else ""
+    if "'\\t'" in problem:
+        hint = "a tab character; YAML indents with spaces only"
+    elif "expected <block end>" in problem or "did not find expected key" in problem:
+        hint = f"this line does not line up with the block that starts{opened}; check the indentation"
+    elif "mapping values are not allowed here" in problem:
+        hint = "a ':' where no key can start; check the indentation, or quote a value that contains ': '"
+    elif "could not find expected ':'" in problem:
+        hint = "a line that is not `key: value`; check the indentation"
+    elif "flow sequence" in context or "flow mapping" in context:
+        bracket = "[ ]" if "sequence" in context else "{ }"
+        hint = f"the {bracket} opened{opened} is not closed, or lacks a comma between items"
+    elif "quoted scalar" in context:
+        hint = f"the quote opened{opened} is not closed"
+    else:
+        return raw
+    return f"{hint} (YAML: {raw})"
+
+
+def duplicate_keys(data: Any) -> list[Problem]:
+    """Every key given twice in one mapping, named like the other problems."""
+    out: list[Problem] = []
+
+    def walk(node: Any, loc: tuple) -> None:
+        if isinstance(node, _LineDict):
+            for key, line, first in node.duplicates:
+                out.append(Problem(key_name(data, loc + (key,)), f"duplicate key (first given on line {first})", line))
+            for k, v in node.items():
+                walk(v, loc + (k,))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, loc + (i,))
+
+    walk(data, ())
+    return out
 
 
 def line_of(data: Any, loc: tuple) -> int | None:
@@ -139,6 +187,8 @@ def line_of(data: Any, loc: tuple) -> int | None:
         elif isinstance(node, _LineList) and isinstance(part, int) and 0 <= part < len(node):
             line = node.item_lines[part]
             node = node[part]
+        elif part == 0 and isinstance(node, (str, dict)):
+            continue  # a list written as its one item (`hosts: blog.test`)
         else:
             break
     return line
@@ -149,6 +199,8 @@ def key_name(data: Any, loc: tuple) -> str:
     out = ""
     node = data
     for part in loc:
+        if part == 0 and isinstance(node, (str, dict)):
+            continue  # a list written as its one item (`hosts: blog.test`)
         if isinstance(part, int):
             out += f"[{part}]"
             if isinstance(node, list) and 0 <= part < len(node):
@@ -183,10 +235,26 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _one_or_many(value: Any) -> Any:
+    """`hosts: blog.test` means `hosts: [blog.test]` (and so for the other lists of names)."""
+    return [value] if isinstance(value, str) else value
+
+
+def _or_one(schema: dict) -> None:
+    """JSON Schema of a list that may also be written as its one item (see _one_or_many)."""
+    array = {k: schema.pop(k) for k in ("type", "items", "minItems") if k in schema}
+    schema["anyOf"] = [array["items"], array] if "anyOf" not in array["items"] else [*array["items"]["anyOf"], array]
+
+
+# A list of strings that may be written as one plain string.
+Names = Annotated[list[str], BeforeValidator(_one_or_many),
+                  WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})]
+
+
 class TLSCertificate(_Model):
     """An extra certificate picked by SNI for the host names it lists."""
 
-    hosts: list[str] = Field(min_length=1, description="Host names (exact or *.wildcard) this certificate serves.")
+    hosts: Names = Field(min_length=1, description="Host names (exact or *.wildcard) this certificate serves.")
     cert: str = Field(description="PEM certificate chain file.")
     key: str = Field(description="PEM private key file.")
 
@@ -221,7 +289,7 @@ class AppConfig(_Model):
     entry: str | None = Field(
         default=None,
         description="Python: module:callable; Node: the script; Ruby: the rackup file (config.ru).")
-    hosts: list[str] = Field(default_factory=list,
+    hosts: Names = Field(default_factory=list,
                              description="Exact (blog.example.com) or leading-wildcard (*.example.org) host names; "
                                          "omitted: any host.")
     path: str = Field(default="/", description="Mount prefix; the app sees it as SCRIPT_NAME / root_path.")
@@ -264,9 +332,10 @@ class AppConfig(_Model):
 
 
 class SiteConfig(_Model):
-    listen: list[Union[str, ListenConfig]] = Field(
-        default_factory=lambda: ["127.0.0.1:8080"], min_length=1,
-        description="Addresses to serve: host:port or unix:/path.sock, or {address, tls}.")
+    listen: Annotated[list[Union[str, ListenConfig]], BeforeValidator(
+        lambda v: [v] if isinstance(v, (str, dict)) else v)] = Field(
+        default_factory=lambda: ["127.0.0.1:8080"], min_length=1, json_schema_extra=_or_one,
+        description="Addresses to serve: host:port or unix:/path.sock, or {address, tls}; one, or a list.")
     environment: Literal["production", "development"] = Field(
         default="production", description="development shows details (stderr, commands) on error pages.")
     max_pool_size: int = Field(default=6, ge=1, description="Most workers across all apps.")
@@ -274,7 +343,7 @@ class SiteConfig(_Model):
                                     description="Seconds in-flight requests may take to finish on stop or restart.")
     default_user: str = Field(default="nobody",
                               description="Started as root: the user for apps whose root is owned by root.")
-    trusted_proxies: list[str] = Field(
+    trusted_proxies: Names = Field(
         default_factory=list,
         description="Peers (IPs or CIDRs) whose X-Forwarded-* / Forwarded headers are trusted.")
     client_max_body_size: Union[int, str] = Field(default="1g", description="Largest request body (413 beyond).")
@@ -335,8 +404,8 @@ def parse_address(text: str, base: Path | None = None) -> Address:
         p = text[5:]
         if not p:
             raise ValueError("unix: needs a socket path")
-        if base is not None and not os.path.isabs(p):
-            p = str(base / p)
+        if base is not None:
+            p = resolve_path(base, p)
         return Address("unix", path=p)
     m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
     if not m:
@@ -375,22 +444,93 @@ class Site:
         return next((a for a in self.apps if a.name == name), None)
 
 
+# Path-valued keys, and what a relative value resolves against (README, "Paths"). Resolved once,
+# here, so `check` and `start` mean the same file whatever the current directory, and every path a
+# spawner or the proxy sees is absolute. A new path key goes in one of these lists.
+SITE_PATHS = ("log_file", "access_log")   # the config file's folder ("-" for access_log is stdout)
+APP_PROGRAMS = ("python", "ruby", "node")  # the config file's folder; a bare name is looked up on PATH
+APP_FILES = ("error_page",)                # the app's root (files the app ships)
+APP_FOLDER_MAPS = ("static",)              # the app's root: {url prefix: folder}
+# Also resolved: `root` and `listen`/`metrics_listen` unix: sockets and TLS files (the config
+# file's folder), `command`'s program when it is a relative path in a list (the app's root, which
+# is its working directory, as for a shell string); `entry` is always read inside the root.
+
+
+def resolve_path(base: Path, value: str) -> str:
+    """`value` (with ~ expanded) as an absolute path, relative ones taken from `base`."""
+    p = Path(os.path.expanduser(value))
+    return os.path.normpath(p if p.is_absolute() else base / p)
+
+
+def resolve_program(base: Path, value: str) -> str:
+    """A program: a bare name stays as it is (looked up on PATH); a path is resolved from `base`."""
+    return resolve_path(base, value) if os.sep in value or value.startswith("~") else value
+
+
+class _PartialSite(SiteConfig):
+    """The site keys that passed validation, when others did not: the cross-checks still run on
+    them, so one pass reports every problem."""
+
+    apps: list[AppConfig] = Field(default_factory=list)
+
+
+def _validate(data: dict) -> tuple[SiteConfig | None, list[tuple[int, AppConfig]], list[Problem], set]:
+    """The validated config, its apps with their index in the file, the schema problems and the
+    locations in error. With problems, the config holds what did validate: keys in error are
+    left out (an app without a valid name or root is left out)."""
+    try:
+        config = SiteConfig.model_validate(data)
+        return config, list(enumerate(config.apps)), [], set()
+    except ValidationError as e:
+        errors = e.errors()
+    problems = [_problem_from_pydantic(data, err) for err in errors]
+    bad_keys = {err["loc"][0] for err in errors if err["loc"]}
+    bad_app_keys: dict[int, set] = {}
+    for err in errors:
+        loc = err["loc"]
+        if len(loc) > 2 and loc[0] == "apps" and isinstance(loc[1], int):
+            bad_app_keys.setdefault(loc[1], set()).add(loc[2])
+        elif len(loc) == 2 and loc[0] == "apps" and isinstance(loc[1], int):
+            bad_app_keys.setdefault(loc[1], set()).add(None)  # the item itself (not a mapping)
+    try:
+        config = _PartialSite.model_validate({k: v for k, v in data.items() if k != "apps" and k not in bad_keys})
+    except ValidationError:
+        return None, [], problems, set()
+    apps = []
+    if isinstance(data.get("apps"), list):
+        for i, item in enumerate(data["apps"]):
+            wrong = bad_app_keys.get(i, set())
+            if None in wrong or not isinstance(item, dict):
+                continue
+            try:
+                apps.append((i, AppConfig.model_validate({k: v for k, v in item.items() if k not in wrong})))
+            except ValidationError:
+                pass
+    config.apps = [a for _, a in apps]
+    in_error = {tuple(err["loc"][:3]) for err in errors} | {(k,) for k in bad_keys if k != "apps"}
+    return config, apps, problems, in_error
+
+
 def load(path: str | os.PathLike, registry: Registry | None = None) -> Site:
-    """Read, validate and resolve a site config. Raises ConfigError with every problem found."""
+    """Read, validate and resolve a site config. Raises ConfigError with every problem found,
+    schema and cross-checks together, in the order of the file."""
     path = Path(path).absolute()
+    path = path.parent.resolve() / path.name  # `..` as the kernel sees it; a symlinked file stays
     data = read_yaml(path)
     if data is None:
         raise ConfigError(path, [Problem("", "the file is empty; it needs at least `apps:`")])
     if not isinstance(data, dict):
         raise ConfigError(path, [Problem("", "the top level must be a mapping of keys (listen, apps, ...)",
                                          getattr(data, "line", 1))])
-    try:
-        config = SiteConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(path, [_problem_from_pydantic(data, err) for err in e.errors()]) from None
-    problems: list[Problem] = []
+    problems: list[Problem] = duplicate_keys(data)
+    config, app_items, schema_problems, in_error = _validate(data)
+    problems += schema_problems
+    if config is None:
+        raise ConfigError(path, _in_file_order(problems))
 
     def bad(loc: tuple, message: str) -> None:
+        if loc[:3] in in_error or loc[:1] in in_error:
+            return  # that key's schema problem is reported already
         problems.append(Problem(key_name(data, loc), message, line_of(data, loc)))
 
     base = path.parent
@@ -413,6 +553,10 @@ def load(path: str | os.PathLike, registry: Registry | None = None) -> Site:
             parse_address(config.metrics_listen, base)
         except ValueError as e:
             bad(("metrics_listen",), str(e))
+    for key in SITE_PATHS:
+        value = getattr(config, key)
+        if value and value != "-":
+            setattr(config, key, resolve_path(base, value))
     try:
         parse_size(config.client_max_body_size)
     except ValueError as e:
@@ -423,23 +567,29 @@ def load(path: str | os.PathLike, registry: Registry | None = None) -> Site:
         except ValueError:
             bad(("trusted_proxies", i), f"{cidr!r} is not an IP address or CIDR network")
 
-    apps: list[AppConfig] = []
     names: dict[str, int] = {}
+    for i, item in enumerate(data.get("apps") if isinstance(data.get("apps"), list) else []):
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str) and name in names:  # also among apps with other problems
+            bad(("apps", i, "name"), f"app name {name!r} is already used by apps[{names[name]}]")
+        names.setdefault(name, i)
+
+    apps: list[AppConfig] = []
     claims: dict[tuple[str, str], str] = {}
     known_types = registry.types() if registry else None
-    for i, app in enumerate(config.apps):
+    for i, app in app_items:
         loc = ("apps", i)
-        if app.name in names:
-            bad(loc + ("name",), f"app name {app.name!r} is already used by apps[{names[app.name]}]")
-        names.setdefault(app.name, i)
         app = app.model_copy(deep=True)
-        root = Path(os.path.expanduser(app.root))
-        root = (base / root) if not root.is_absolute() else root
-        root = Path(os.path.normpath(root))
+        root = Path(resolve_path(base, app.root))
         if not root.is_dir():
             bad(loc + ("root",), f"folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
             continue
         app.root = str(root)
+        for key in APP_PROGRAMS:
+            if getattr(app, key):
+                setattr(app, key, resolve_program(base, getattr(app, key)))
+        if isinstance(app.command, list) and app.command and os.sep in app.command[0]:
+            app.command[0] = resolve_path(root, app.command[0])
         if not app.path.startswith("/"):
             bad(loc + ("path",), f"{app.path!r} must start with /")
         elif re.search(r"(^|/)\.\.?(/|$)|%|\?|#|//", app.path):
@@ -463,17 +613,20 @@ def load(path: str | os.PathLike, registry: Registry | None = None) -> Site:
             bad(loc + ("min_processes",), f"{app.min_processes} is more than max_processes ({app.max_processes})")
         if app.min_processes > config.max_pool_size:
             bad(loc + ("min_processes",), f"{app.min_processes} is more than max_pool_size ({config.max_pool_size})")
-        for k, folder in app.static.items():
-            if not k.startswith("/"):
-                bad(loc + ("static", k), "URL prefixes must start with /")
-            f = Path(folder) if os.path.isabs(folder) else root / folder
-            if not f.is_dir():
-                bad(loc + ("static", k), f"folder {f} does not exist")
-        if app.error_page:
-            f = Path(app.error_page) if os.path.isabs(app.error_page) else root / app.error_page
-            if not f.is_file():
-                bad(loc + ("error_page",), f"file {f} does not exist")
-            app.error_page = str(f)
+        for key in APP_FOLDER_MAPS:
+            folders = getattr(app, key)
+            for k, folder in folders.items():
+                if not k.startswith("/"):
+                    bad(loc + (key, k), "URL prefixes must start with /")
+                folders[k] = resolve_path(root, folder)
+                if not os.path.isdir(folders[k]):
+                    bad(loc + (key, k), f"folder {folders[k]} does not exist")
+        for key in APP_FILES:
+            if getattr(app, key):
+                f = resolve_path(root, getattr(app, key))
+                if not os.path.isfile(f):
+                    bad(loc + (key,), f"file {f} does not exist")
+                setattr(app, key, f)
         if app.smoke:
             for j, s in enumerate(app.smoke):
                 if s.path and not s.path.startswith("/"):
@@ -492,15 +645,19 @@ def load(path: str | os.PathLike, registry: Registry | None = None) -> Site:
                 bad(loc + tuple(key.split(".")) if key else loc, message)
         apps.append(app)
     if problems:
-        raise ConfigError(path, problems)
+        raise ConfigError(path, _in_file_order(problems))
     return Site(path, config, addresses, apps)
+
+
+def _in_file_order(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: p.line or 0)
 
 
 def _resolve_tls(tls: TLSConfig, base: Path, loc: tuple, bad) -> TLSConfig:
     tls = tls.model_copy(deep=True)
 
     def fix(p: str, where: tuple) -> str:
-        f = Path(p) if os.path.isabs(p) else base / p
+        f = Path(resolve_path(base, p))
         if not f.is_file():
             bad(where, f"file {f} does not exist")
         return str(f)

@@ -121,7 +121,8 @@ class AppPool:
             raise Unavailable(503, f"The application {self.name!r} could not be started.", self.last_failure)
         if self.stopping:
             raise Unavailable(503, "The application is shutting down.")
-        if len(self.queue) >= self.max_queue:
+        if len(self.queue) >= self.max_queue and (self.ready or not self.starting):
+            # (not while the app's first worker starts: a cold start holds its burst, issue 12)
             raise Unavailable(503, "Too many requests are waiting for this application.")
         ex.queue_deadline = self.loop.time() + self.queue_timeout
         self.queue.append(ex)

@@ -66,9 +66,11 @@ class Runtime:
             control = ControlServer(self)
             await control.start(self.instance.control)
             stack.push_async_callback(control.stop)
-            for extra in self._extras():
+            extras, self.extras = self._extras(), []
+            stack.push_async_callback(self._stop_extras)  # those running at the end (reload swaps some)
+            for extra in extras:
                 await extra.start()
-                stack.push_async_callback(extra.stop)
+                self.extras.append(extra)
             for sig, cmd in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload")):
                 loop.add_signal_handler(sig, self.commands.put_nowait, (cmd, None))
                 stack.callback(loop.remove_signal_handler, sig)
@@ -97,6 +99,14 @@ class Runtime:
         self.extras = build_extras(self)
         return self.extras
 
+    async def _stop_extras(self) -> None:
+        for extra in reversed(self.extras):
+            try:
+                await extra.stop()
+            except Exception:  # noqa: BLE001 - the others must stop too
+                log.exception("stopping %s failed", type(extra).__name__)
+        self.extras = []
+
     async def _drain_proxy(self) -> None:
         await self.proxy.close_listeners()
         await self.proxy.drain(self.site.config.shutdown_timeout)
@@ -116,8 +126,20 @@ class Runtime:
             log.error("reload rejected; the running config stays:\n%s", e)
             return {"ok": False, "error": str(e)}
         old = self.site
-        if [str(a) for a in new.addresses] != [str(a) for a in old.addresses]:
-            log.warning("reload: `listen` changed; listeners are kept as they are until a full restart")
+        if self.dev:  # `start --dev` outranks the file's environment, on reload too
+            new.config.environment = "development"
+        from .sitereload import SiteReload, apps_to_restart
+
+        site_keys = SiteReload(self, old, new)
+        try:
+            site_keys.prepare()  # opens new log files: a failure rejects the reload before any change
+        except OSError as e:
+            log.error("reload rejected; the running config stays: %s", e.strerror or e)
+            return {"ok": False, "error": f"{new.path}: {e.strerror or e}"}
+        if site_keys.restart_needed:
+            log.warning("reload: %s changed; that takes a restart (stop, then start) to apply",
+                        ", ".join(site_keys.restart_needed))
+        if "listen" in site_keys.restart_needed:  # listeners are kept as they are until a full restart
             new.addresses = old.addresses
         ps = self.poolset
         old_apps = {a.name: a for a in old.apps}
@@ -125,6 +147,8 @@ class Runtime:
         added = [n for n in new_apps if n not in old_apps]
         removed = [n for n in old_apps if n not in new_apps]
         changed = [n for n in new_apps if n in old_apps and new_apps[n] != old_apps[n]]
+        changed += [n for n in apps_to_restart(old, new, self.poolset.users, users, site_keys.keys)
+                    if n not in changed]  # environment or default_user: their workers are stale
         from .pool import AppPool
 
         ps.site = new
@@ -142,6 +166,7 @@ class Runtime:
         for extra in self.extras:  # e.g. the file watcher follows added, removed and moved apps
             if hasattr(extra, "reconfigure"):
                 extra.reconfigure(new)
+        await site_keys.apply()  # log_file, log_format, access_log, metrics_listen
         for n in added:
             ps.pools[n].ensure_min()
         for n, pool in gone.items():
@@ -150,7 +175,9 @@ class Runtime:
         if restarts:
             await asyncio.gather(*restarts)
         log.info("reloaded %s: %d added, %d removed, %d changed", new.path, len(added), len(removed), len(changed))
-        return {"ok": True, "added": added, "removed": removed, "changed": changed}
+        return {"ok": True, "added": added, "removed": removed, "changed": changed,
+                "site": site_keys.live + site_keys.reopened, "restart_needed": site_keys.restart_needed,
+                "errors": site_keys.errors}
 
     # ------------------------------------------------------------------ control
 

@@ -138,6 +138,21 @@ def control_socket(config_path: Path) -> Path:
     return instance_dir(config_path) / "control.sock"
 
 
+def find_instance_dir(config_path: Path) -> Path | None:
+    """The folder of a manager of ours running for this config file, or None; for the control
+    commands, which must create nothing (not even a /tmp/passenger-lite-UID) to ask."""
+    for c in _candidates():
+        d = c / _digest(config_path)
+        try:
+            st = os.stat(d, follow_symlinks=False)
+        except OSError:
+            continue
+        if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not _safe_ancestors(d)
+                and (d / "control.sock").exists()):
+            return d
+    return None
+
+
 class WorkerDirs:
     """This run's worker socket folders: one per worker, owned by its user until it answers."""
 
