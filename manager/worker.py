@@ -32,6 +32,15 @@ PROBE_MAX_INTERVAL = 0.02
 PROBE = b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nUser-Agent: passenger-lite-probe\r\nConnection: close\r\n\r\n"
 
 
+def probe_request(ready_check: str) -> bytes | None:
+    """The request a readiness probe sends for the app's `ready_check` (None: connect only)."""
+    if ready_check == "connect":
+        return None
+    if ready_check == "OPTIONS *":
+        return PROBE
+    return PROBE.replace(b"OPTIONS *", ready_check.encode("ascii"), 1)
+
+
 @dataclass
 class StartFailure(Exception):
     """Why a worker could not start: shown on the development error page and logged."""
@@ -110,6 +119,7 @@ class Worker:
         self.cwd = ""
         self.user = None       # manager.users.WorkerUser it runs as; None: as the manager (issue 7)
         self.on_answer = None  # called once its socket answers, before it takes requests; may raise
+        self.probe = probe_request(getattr(pool.app, "ready_check", "OPTIONS *"))
 
     def __repr__(self) -> str:
         return f"<Worker {self.app}#{self.id} pid={self.pid} {self.state.value}>"
@@ -178,7 +188,8 @@ class Worker:
         self.set_state(W.READY)
 
     async def _probe(self, timeout: float) -> bool:
-        """True when the worker answers an HTTP request on its address (any status)."""
+        """True when the worker answers the app's `ready_check` on its address: any status to
+        `OPTIONS *`, a status below 500 to another request, or just accepts for `connect`."""
         try:
             if self.port is not None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -187,9 +198,13 @@ class Worker:
         except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, OSError):
             return False
         try:
-            writer.write(PROBE)
+            if self.probe is None:
+                return True
+            writer.write(self.probe)
             async with asyncio.timeout(timeout):
                 line = await reader.readline()
+            if self.probe is not PROBE and line[9:10] == b"5":  # 'HTTP/1.1 503': not ready yet
+                return False
             return line.startswith(b"HTTP/")
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
             return False
