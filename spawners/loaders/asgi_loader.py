@@ -6,19 +6,51 @@ wsgi_loader.py (PASSENGER_LITE_SOCKET, PASSENGER_LITE_ENTRY, PASSENGER_LITE_MOUN
 The front process forwards the full path; the mount prefix is given to the app as root_path
 (ASGI: `path` includes `root_path`). `OPTIONS *` (the readiness probe) is answered here.
 """
+import ast
 import importlib
+import inspect
 import os
 import sys
 import traceback
 
 
-def load_app(entry):
+def load_app(entry, default):
+    """The object `module:name` names; `module:factory(args)` (gunicorn's syntax, literal
+    arguments only) calls the factory and returns what it built."""
     module, _, attr = entry.partition(":")
-    mod = importlib.import_module(module)
-    obj = mod
-    for part in (attr or "app").split("."):
+    attr = (attr or default).strip()
+    args, kwargs = (), {}
+    if "(" in attr:
+        call = ast.parse(attr, mode="eval").body
+        if not isinstance(call, ast.Call):
+            raise ValueError("%r is not a name or a call such as create_app()" % attr)
+        args = tuple(ast.literal_eval(a) for a in call.args)
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        attr = attr[:attr.index("(")].strip()
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
         obj = getattr(obj, part)
+    if "(" in entry.partition(":")[2]:
+        obj = obj(*args, **kwargs)
+    if not callable(obj):
+        raise TypeError("%s is %s, not a callable app" % (entry, type(obj).__name__))
     return obj
+
+
+def is_factory(obj):
+    """A plain function that can be called without arguments builds an app, it is not one."""
+    return inspect.isfunction(obj) and takes(obj, 0)
+
+
+def takes(obj, n):
+    """Can `obj` be called with n positional arguments? (True when its signature is unknown.)"""
+    try:
+        inspect.signature(obj).bind(*range(n))
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True
 
 
 def wrap(app, mount):
@@ -50,11 +82,21 @@ def main():
         sys.exit(3)
     entry = os.environ["PASSENGER_LITE_ENTRY"]
     try:
-        app = load_app(entry)
+        app = load_app(entry, "app")
     except BaseException:
         traceback.print_exc()
         print(f"passenger-lite: could not load the ASGI app {entry!r} (cwd {os.getcwd()}, "
               f"python {sys.executable})", file=sys.stderr)
+        sys.exit(3)
+    # ASGI 3: app(scope, receive, send); ASGI 2 (a class or an instance): app(scope)
+    if is_factory(app) or not (takes(app, 3) or (not inspect.isfunction(app) and takes(app, 1))):
+        try:
+            sig = str(inspect.signature(app))
+        except (TypeError, ValueError):
+            sig = "?"
+        print(f"passenger-lite: {entry} is {getattr(app, '__qualname__', type(app).__name__)} taking {sig}, "
+              f"not an ASGI app taking (scope, receive, send); if it builds and returns the app (an app "
+              f"factory), call it: entry: \"{entry if '(' in entry else entry + '()'}\"", file=sys.stderr)
         sys.exit(3)
     sock = os.environ["PASSENGER_LITE_SOCKET"]
     concurrency = int(os.environ.get("PASSENGER_LITE_CONCURRENCY", "0") or 0)
