@@ -53,6 +53,7 @@ class StartFailure(Exception):
     exit: str = ""
     output: str = ""
     hints: list[str] = field(default_factory=list)
+    repeated: bool = False  # its output is the last failed start's, and was not printed again
 
     def __str__(self) -> str:
         return f"{self.app}: {self.step}: {self.message}"
@@ -119,6 +120,8 @@ class Worker:
         self.cwd = ""
         self.user = None       # manager.users.WorkerUser it runs as; None: as the manager (issue 7)
         self.on_answer = None  # called once its socket answers, before it takes requests; may raise
+        self._held: list | None = None  # output kept back while it retries a failed start (_release)
+        self._printer = None
         self.probe = probe_request(getattr(pool.app, "ready_check", "OPTIONS *"))
 
     def __repr__(self) -> str:
@@ -142,6 +145,9 @@ class Worker:
         """Spawn and wait until the socket answers. Raises StartFailure (the process is gone then)."""
         self.command = shlex.join(spec.argv)
         self.cwd = spec.cwd
+        self._printer = printer
+        if self.pool.last_failure is not None and self.pool.last_failure.output:
+            self._held = []  # a retry: print its output only if it differs from the last failure's
         kw = {}
         if user is not None:
             kw.update(user.spawn_kwargs(asyncio.get_running_loop()))  # uvloop needs a preexec_fn
@@ -183,6 +189,7 @@ class Worker:
                 raise self._failure("socket", str(e)) from None
         if self.state is not W.STARTING:  # stopped while starting (shutdown, restart)
             raise self._failure("start", "the worker was stopped before it became ready")
+        self._release()
         self.ready_mono = time.monotonic()
         self.last_used = self.ready_mono
         self.set_state(W.READY)
@@ -213,8 +220,19 @@ class Worker:
 
     def _failure(self, step: str, message: str) -> StartFailure:
         out = "\n".join(self.output)
+        last = self.pool.last_failure
+        repeated = self._held is not None and last is not None and out == last.output
+        self._release(print_held=not repeated)
         return StartFailure(self.app, step, message, command=self.command, cwd=self.cwd,
-                            exit=describe_exit(self.exit_code), output=out, hints=hints_for(out))
+                            exit=describe_exit(self.exit_code), output=out, hints=hints_for(out),
+                            repeated=repeated)
+
+    def _release(self, print_held: bool = True) -> None:
+        """Stop holding output back; print what was held (unless it repeats the last failure)."""
+        held, self._held = self._held, None
+        if held and print_held:
+            for text, kind in held:
+                self._printer.worker_line(self, text, kind)
 
     # ------------------------------------------------------------------ output and exit
 
@@ -232,7 +250,10 @@ class Worker:
                 return
             text = line.decode("utf-8", "replace").rstrip("\r\n")
             self.output.append(text)
-            printer.worker_line(self, text, kind)
+            if self._held is not None:
+                self._held.append((text, kind))
+            else:
+                printer.worker_line(self, text, kind)
 
     async def _drain_output(self) -> None:
         if self._readers:

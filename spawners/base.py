@@ -140,5 +140,12 @@ def loader_path(filename: str) -> str:
     return str(Path(__file__).with_name("loaders") / filename)
 
 
+def short_command(argv: list[str]) -> str:
+    """A worker's command for a log line: our loaders' long site-packages folder shown as
+    `<passenger-lite>/loaders/` (status and error pages keep the full command)."""
+    folder = str(Path(__file__).with_name("loaders")) + os.sep
+    return " ".join(a.replace(folder, "<passenger-lite>/loaders/") for a in argv)
+
+
 class SpawnError(Exception):
     """A worker could not be started; str() says why, for the error page and the log."""

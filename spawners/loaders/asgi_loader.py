@@ -5,10 +5,13 @@ wsgi_loader.py (PASSENGER_LITE_SOCKET, PASSENGER_LITE_ENTRY, PASSENGER_LITE_MOUN
 
 The front process forwards the full path; the mount prefix is given to the app as root_path
 (ASGI: `path` includes `root_path`). `OPTIONS *` (the readiness probe) is answered here.
+uvicorn logs at info (its startup and lifespan lines) without access lines; the app's own INFO
+logs are shown unless it configured logging itself.
 """
 import ast
 import importlib
 import inspect
+import logging
 import os
 import sys
 import traceback
@@ -53,6 +56,33 @@ def takes(obj, n):
     return True
 
 
+def _not_handled_below(record):
+    """False for a record a logger below the root already wrote (Flask's app.logger has its
+    own handler): once is enough."""
+    lg = logging.getLogger(record.name)
+    while lg.parent is not None:
+        if lg.handlers:
+            return False
+        if not lg.propagate:
+            break
+        lg = lg.parent
+    return True
+
+
+def show_info_logs():
+    """The app's own INFO lines reach the log, as uvicorn's do: Python's last-resort handler
+    shows WARNING and up only. An app that configured logging itself is left alone."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s: %(message)s"))
+    handler.addFilter(_not_handled_below)
+    root.addHandler(handler)
+    if root.level == logging.WARNING:  # the default: nobody chose it
+        root.setLevel(logging.INFO)
+
+
 def wrap(app, mount):
     async def probe_and_mount(scope, receive, send):
         kind = scope["type"]
@@ -66,6 +96,18 @@ def wrap(app, mount):
         await app(scope, receive, send)
 
     return probe_and_mount
+
+
+def print_app_error():
+    """The exception being handled, without the frames of this loader and of importlib (the
+    app's own frames are the ones that matter)."""
+    etype, value, tb = sys.exc_info()
+    te = traceback.TracebackException(etype, value, tb)
+    me = os.path.abspath(__file__)
+    te.stack = traceback.StackSummary.from_list(
+        [f for f in te.stack if os.path.abspath(f.filename) != me and not f.filename.startswith("<frozen importlib")
+         and not f.filename.endswith(os.path.join("importlib", "__init__.py"))])
+    sys.stderr.write("".join(te.format()))
 
 
 def main():
@@ -84,7 +126,7 @@ def main():
     try:
         app = load_app(entry, "app")
     except BaseException:
-        traceback.print_exc()
+        print_app_error()
         print(f"passenger-lite: could not load the ASGI app {entry!r} (cwd {os.getcwd()}, "
               f"python {sys.executable})", file=sys.stderr)
         sys.exit(3)
@@ -98,6 +140,7 @@ def main():
               f"not an ASGI app taking (scope, receive, send); if it builds and returns the app (an app "
               f"factory), call it: entry: \"{entry if '(' in entry else entry + '()'}\"", file=sys.stderr)
         sys.exit(3)
+    show_info_logs()
     sock = os.environ["PASSENGER_LITE_SOCKET"]
     concurrency = int(os.environ.get("PASSENGER_LITE_CONCURRENCY", "0") or 0)
     config = uvicorn.Config(
@@ -105,7 +148,7 @@ def main():
         uds=sock,
         lifespan="auto",
         access_log=False,
-        log_level=os.environ.get("PASSENGER_LITE_LOG_LEVEL", "warning"),
+        log_level=os.environ.get("PASSENGER_LITE_LOG_LEVEL", "info"),  # startup and lifespan lines
         proxy_headers=True,
         forwarded_allow_ips="*",  # only the front process can reach this socket; it sets X-Forwarded-*
         server_header=False,

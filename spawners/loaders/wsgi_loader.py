@@ -17,6 +17,7 @@ accepting, lets the running requests finish, then exits.
 import ast
 import importlib
 import inspect
+import logging
 import os
 import signal
 import socket
@@ -452,6 +453,33 @@ def takes(obj, n):
     return True
 
 
+def _not_handled_below(record):
+    """False for a record a logger below the root already wrote (Flask's app.logger has its
+    own handler): once is enough."""
+    lg = logging.getLogger(record.name)
+    while lg.parent is not None:
+        if lg.handlers:
+            return False
+        if not lg.propagate:
+            break
+        lg = lg.parent
+    return True
+
+
+def show_info_logs():
+    """The app's own INFO lines reach the log (Python's last-resort handler shows WARNING and
+    up only). An app that configured logging itself is left alone."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s: %(message)s"))
+    handler.addFilter(_not_handled_below)
+    root.addHandler(handler)
+    if root.level == logging.WARNING:  # the default: nobody chose it
+        root.setLevel(logging.INFO)
+
+
 def describe(obj):
     try:
         return "%s taking %s" % (getattr(obj, "__qualname__", type(obj).__name__), inspect.signature(obj))
@@ -463,6 +491,18 @@ def factory_hint(entry):
     return entry + "()" if "(" not in entry else entry
 
 
+def print_app_error():
+    """The exception being handled, without the frames of this loader and of importlib (the
+    app's own frames are the ones that matter)."""
+    etype, value, tb = sys.exc_info()
+    te = traceback.TracebackException(etype, value, tb)
+    me = os.path.abspath(__file__)
+    te.stack = traceback.StackSummary.from_list(
+        [f for f in te.stack if os.path.abspath(f.filename) != me and not f.filename.startswith("<frozen importlib")
+         and not f.filename.endswith(os.path.join("importlib", "__init__.py"))])
+    sys.stderr.write("".join(te.format()))
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or ".") == here:
@@ -472,7 +512,7 @@ def main():
     try:
         app = load_app(entry, "application")
     except BaseException:
-        traceback.print_exc()
+        print_app_error()
         print(f"passenger-lite: could not load the WSGI app {entry!r} (cwd {os.getcwd()}, "
               f"python {sys.executable})", file=sys.stderr)
         sys.exit(3)
@@ -481,6 +521,7 @@ def main():
               f"if it builds and returns the app (an app factory), call it: entry: \"{factory_hint(entry)}\"",
               file=sys.stderr)
         sys.exit(3)
+    show_info_logs()
     server = Server(app, os.environ["PASSENGER_LITE_SOCKET"], os.environ.get("PASSENGER_LITE_MOUNT", ""),
                     int(os.environ.get("PASSENGER_LITE_CONCURRENCY", "1") or 1))
     server.serve()
