@@ -61,9 +61,9 @@ def cmd_start(a: argparse.Namespace) -> int:
     except OSError as e:
         _fail(str(e))
     setup_logging(site.config.log_format, stream)
-    _access(site, fail=False)
     try:
         require_c_parser()
+        _access(site, fail=False)
         return run(site, dev=a.dev, printer=Printer(stream, site.config.log_format),
                    startup_display=startup_display(site, stream))
     except (RuntimeDirError, CParserMissing) as e:

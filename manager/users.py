@@ -421,8 +421,12 @@ def access_problems(site: Site, policy: UserPolicy, registry) -> list[tuple[int,
             why = unreachable(user, path, bits)
             if why:
                 checks.append((path, bits, f"{why} ({what})", fatal))
+        seen = set()
         for _, _, why, fatal in checks:
             where = why.split(": ", 1)[0].rsplit(" ", 1)[-1]  # the file or folder in the way
+            if where in seen:  # one line per thing in the way
+                continue
+            seen.add(where)
             out.append((i, f"its workers run as {user} ({user.why}), and {why}; fix: {_fix(user, app, where)}",
                         fatal))
     return out

@@ -140,7 +140,7 @@ def test_check_shows_the_detected_types(tmp_path):
     folder(tmp_path, "rb", {"config.ru": ""})
     folder(tmp_path, "js", {"package.json": json.dumps({"main": "main.js"}), "main.js": ""})
     p = tmp_path / "sites.yaml"
-    p.write_text("apps:\n  - {name: rb, root: ./rb, path: /rb}\n  - {name: js, root: ./js}\n")
+    p.write_text("apps:\n  - {name: rb, root: ./rb, path: /rb, user: root}\n  - {name: js, root: ./js, user: root}\n")
     r = subprocess.run([sys.executable, "-m", "passenger_lite.manager.cli", "check", "--config", str(p)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
