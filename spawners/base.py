@@ -6,7 +6,8 @@ That is all: the manager starts, probes, supervises and stops the process.
 
 A worker must serve HTTP/1.1 on the address it is given (`WorkerContext.socket`, a Unix socket
 path, or `WorkerContext.port` on 127.0.0.1 when the spawner sets `uses_port`). It is ready when
-that address answers an HTTP request (`OPTIONS * HTTP/1.1`; any status counts). It is asked to
+that address answers an HTTP request (`OPTIONS * HTTP/1.1`, any status counts; or what the app's
+`ready_check` names). It is asked to
 stop with SIGTERM to its process group, and killed with SIGKILL after the shutdown timeout.
 The proxy forwards the full request path; a worker of an app mounted at a sub-path is told the
 prefix (PASSENGER_LITE_MOUNT, `WorkerContext.mount`) and moves it into SCRIPT_NAME itself.
