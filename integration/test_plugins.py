@@ -51,7 +51,7 @@ def test_plugin_is_detected_and_serves(make_server, apps_dir, plugin_path):
 def test_check_lists_plugin_types_and_reports_a_broken_plugin(tmp_path, plugin_path):
     root = hello_app(tmp_path)
     cfg = tmp_path / "sites.yaml"
-    cfg.write_text(f"apps:\n  - name: hello\n    root: {root}\n")
+    cfg.write_text(f"apps:\n  - name: hello\n    root: {root}\n    user: root\n")  # in pytest's 0700 tmp
     r = run_cli("check", "--config", str(cfg), env=env_with(plugin_path))
     assert r.returncode == 0, r.stderr
     assert "hello-text" in r.stdout

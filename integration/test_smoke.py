@@ -170,3 +170,22 @@ def test_smoke_exits_2_on_a_config_error_and_1_when_interrupted(tmp_path, apps_d
     assert p.returncode == 130, out
     assert "interrupted" in out
     assert_no_leftovers(tmp_path)
+
+
+def test_smoke_without_verbose_shows_a_boot_traceback_once_whole(tmp_path, apps_dir):
+    """Issue 12 item 5: the table shows the failing worker's traceback from its first line, and
+    nothing repeats it (the manager's error line is one line)."""
+    crash = copy_app("boot_crash", apps_dir)
+    cfg = write_config(tmp_path, [app_config("crashy", crash, min_processes=2),
+                                  app_config("again", crash, path="/again")])
+    r = smoke(tmp_path, cfg)
+    assert r.returncode == 1
+    both = r.stdout + r.stderr
+    assert both.count("RuntimeError: boom at boot") == 2, both  # once per app, in its table row
+    assert both.count("Traceback (most recent call last)") == 2
+    after = r.stdout[r.stdout.index("crashy  boot"):r.stdout.index("again")]
+    assert "| Traceback (most recent call last):" in after and "passenger_wsgi.py\", line 5" in after
+    assert "wsgi_loader.py" not in both and "importlib" not in both  # our frames are not the app's
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert errors and all("worker failed to start" in line for line in errors), r.stderr
+    assert_no_leftovers(tmp_path)

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness import Server, app_config, cli_command, copy_app, run_cli
 
@@ -304,3 +305,118 @@ def test_a_manager_started_by_a_regular_user_runs_everything_as_itself(start, op
     assert connect_as("nobody", "nogroup", sock, python) == "EACCES"
     assert stat.S_IMODE(os.stat(xdg / "passenger-lite").st_mode) == 0o700
 
+
+
+# ---------------------------------------------------------------------------- check: issue 12 item 3
+
+
+def check_as_root(cfg: Path) -> subprocess.CompletedProcess:
+    return run_cli("check", "--config", str(cfg))
+
+
+def test_check_names_what_a_rails_apps_user_cannot_read_or_write_and_the_fix(start, open_dir, users, python):
+    root = open_dir / "rails"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "tests" / "apps" / "rails_app", root)
+    (root / "config" / "master.key").write_text("0123456789abcdef0123456789abcdef\n")
+    (root / "config" / "master.key").chmod(0o600)
+    (root / "log").mkdir()
+    (root / "tmp").mkdir()
+    app = app_config("blog", root, user=None, env={"SECRET_KEY_BASE": "test-only"}, start_timeout=120)
+    cfg = open_dir / "sites.yaml"
+    cfg.write_text(yaml.safe_dump({"environment": "development", "apps": [app]}))
+    r = check_as_root(cfg)
+    assert r.returncode == 2, r
+    assert (f"apps[0] (blog): its workers run as nobody:{grp.getgrgid(pwd.getpwnam('nobody').pw_gid).gr_name} "
+            f"(default_user, as {root} belongs to root), and user nobody cannot read {root}/config/master.key: "
+            f"{root}/config/master.key is -rw------- root:root (Rails reads it to decrypt its credentials); "
+            f"fix: give the app to the user that should run it (`chown -R USER {root}`") in r.stderr
+    assert f"warning: {cfg}:" in r.stderr and f"user nobody cannot write/enter {root}/log" in r.stderr
+    assert f"cannot write/enter {root}/tmp" in r.stderr and "Traceback" not in r.stderr
+    # start says the same in its log, and the spawn refuses with that reason on the error page
+    s = start({"environment": "development", "apps": [app]})
+    assert f"user nobody cannot read {root}/config/master.key" in s.logs()
+    status, _, body = s.get("/")
+    assert status == 503 and f"cannot read {root}/config/master.key".encode() in body
+    s.stop()
+    # the fix it names: give the app to its user; then check is clean and Rails serves as that user
+    subprocess.run(["chown", "-R", f"{USER}:{USER}", str(root)], check=True)
+    r = check_as_root(cfg)
+    assert r.returncode == 0 and "warning" not in r.stderr, r
+    s = start({"apps": [app]}, ready_timeout=150)
+    status, _, body = s.get("/")
+    assert status == 200 and body.startswith(b"hello from rails 6."), body[:300]
+    st = s.app_status("blog")
+    assert len(st["workers"]) == 1 and st["queue"] == 0
+    assert psutil_uid(st["workers"][0]["pid"]) == pwd.getpwnam(USER).pw_uid
+
+
+def psutil_uid(pid: int) -> int:
+    import psutil
+
+    return psutil.Process(pid).uids().real
+
+
+SQLITE_WRITE = """
+import sqlite3, sys
+try:
+    c = sqlite3.connect(sys.argv[1] if len(sys.argv) > 1 else {path!r})
+    c.execute("insert into t values (1)")
+    c.commit()
+    print("written")
+except sqlite3.Error as e:
+    print(e)
+"""
+
+
+def test_check_warns_when_a_django_projects_sqlite_is_read_only_for_its_user(open_dir, users, python):
+    pytest.importorskip("django")
+    root = open_dir / "dj"
+    root.mkdir()
+    subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(root)], check=True,
+                   capture_output=True, timeout=60)
+    db = root / "db.sqlite3"  # where startproject's settings put it (BASE_DIR / 'db.sqlite3')
+    import sqlite3
+
+    c = sqlite3.connect(db)
+    c.execute("create table t (x)")
+    c.commit()
+    c.close()
+    cfg = open_dir / "sites.yaml"
+    cfg.write_text(yaml.safe_dump({"apps": [app_config("dj", root, python=python, user=None)]}))
+    r = check_as_root(cfg)
+    assert r.returncode == 0, r  # it starts; writes fail later: warnings
+    assert f"user nobody cannot read/write {db}: {db} is -rw-r--r-- root:root (the app's SQLite database)" in r.stderr
+    assert f"user nobody cannot write/enter {root}: " in r.stderr and "journal" in r.stderr
+    assert "python-wsgi" in r.stdout and "mysite.wsgi:application" in r.stdout
+    # what the warning says is what the real user meets
+    assert "readonly database" in as_user("nobody", "nogroup", SQLITE_WRITE.format(path=str(db)), python)
+    subprocess.run(["chown", "-R", f"{USER}:{USER}", str(root)], check=True)
+    r = check_as_root(cfg)
+    assert r.returncode == 0 and "warning" not in r.stderr, r
+    assert as_user(USER, USER, SQLITE_WRITE.format(path=str(db)), python) == "written"
+
+
+def test_check_refuses_a_venv_whose_python_lives_under_roots_home(start, open_dir, users, python):
+    base = os.path.realpath(sys.executable)
+    if not base.startswith("/root/"):
+        pytest.skip("the test Python is not under /root")
+    root = whoami_app(open_dir / "app")
+    subprocess.run([base, "-m", "venv", "--without-pip", str(root / ".venv")], check=True, timeout=60)
+    venv_python = root / ".venv" / "bin" / "python"
+    app = app_config("a", root, python=str(venv_python), user=None)
+    cfg = open_dir / "sites.yaml"
+    cfg.write_text(yaml.safe_dump({"apps": [app]}))
+    r = check_as_root(cfg)
+    assert r.returncode == 2, r
+    assert "user nobody cannot enter folder /root: /root is drwx------ root:root" in r.stderr
+    assert f"`chown -R USER {root}`" in r.stderr or "`user:`" in r.stderr
+    # what the real user meets: the interpreter's folder is out of its reach
+    code = f"import os\ntry:\n    os.stat({os.path.dirname(base)!r})\n    print('reached')\nexcept OSError as e:\n    print(e.strerror)"
+    assert as_user("nobody", "nogroup", code, python) == "Permission denied"
+    # a venv made from a Python everyone can run passes
+    subprocess.run([python, "-m", "venv", "--without-pip", "--clear", str(root / ".venv")], check=True, timeout=60)
+    assert not os.path.realpath(venv_python).startswith("/root/")
+    r = check_as_root(cfg)
+    assert r.returncode == 0 and "warning" not in r.stderr, r
+    s = start({"apps": [app]})
+    assert s.get_json("/")["uid"] == pwd.getpwnam("nobody").pw_uid

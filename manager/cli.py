@@ -63,6 +63,7 @@ def cmd_start(a: argparse.Namespace) -> int:
     setup_logging(site.config.log_format, stream)
     try:
         require_c_parser()
+        _access(site, fail=False)
         return run(site, dev=a.dev, printer=Printer(stream, site.config.log_format),
                    startup_display=startup_display(site, stream))
     except (RuntimeDirError, CParserMissing) as e:
@@ -72,8 +73,30 @@ def cmd_start(a: argparse.Namespace) -> int:
     return 1
 
 
+def _access(site, fail: bool) -> None:
+    """What each app's user could not reach (started as root): for `check` the spawn's own
+    refusals are errors (exit 2) and a framework's files warnings; `start` logs them all."""
+    import logging
+
+    from passenger_lite.spawners.registry import default_registry
+
+    from .users import access_report
+
+    errors, warnings = access_report(site, default_registry())
+    lines = [f"{site.path}{f':{p.line}' if p.line else ''}: {p.key}: {p.message}" for p in errors + warnings]
+    if not fail:
+        for line in lines:
+            logging.getLogger("passenger_lite.manager").warning("%s", line)
+        return
+    for line in lines[len(errors):]:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
+    if errors:
+        _fail(f"error in {ConfigError(site.path, errors).render()}", 2)
+
+
 def cmd_check(a: argparse.Namespace) -> int:
     site = _load(a.config)
+    _access(site, fail=True)
     from passenger_lite.proxy.router import Mount, Router
 
     print(f"{site.path}: OK, {len(site.apps)} app{'s' if len(site.apps) != 1 else ''}, "

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 # ----------------------------------------------------------------------------- errors
 
@@ -329,6 +329,20 @@ class AppConfig(_Model):
     redirect_https: bool = Field(default=False, description="Redirect plain HTTP requests to HTTPS.")
     smoke: list[SmokeRequest] = Field(default_factory=list,
                                       description="Requests `passenger-lite smoke` sends; default: GET of the mount path.")
+    ready_check: str = Field(
+        default="OPTIONS *",
+        description="How a starting worker is found ready: 'OPTIONS *' (any answer), 'GET /path' (an answer "
+                    "below 500; any method) or 'connect' (its address accepts a connection).")
+
+    @field_validator("ready_check")
+    @classmethod
+    def _ready_check(cls, v: str) -> str:
+        v = " ".join(v.split())
+        if v.lower() == "connect":
+            return "connect"
+        if v == "OPTIONS *" or re.fullmatch(r"[A-Z]+ /[!-~]*", v):
+            return v
+        raise ValueError("must be 'OPTIONS *', a method and a path ('GET /health') or 'connect'")
 
 
 class SiteConfig(_Model):
@@ -726,7 +740,7 @@ def _problem_from_pydantic(data: Any, err: dict) -> Problem:
     elif kind == "missing":
         msg = "required key is missing"
     else:
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if "input" in err and kind not in ("missing",) and not isinstance(err["input"], (dict, list)):
             msg += f" (got {err['input']!r})"
     return Problem(key_name(data, clean), msg, line_of(data, clean))

@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 import time
 from collections import deque
 from typing import TYPE_CHECKING
 
 from passenger_lite.proxy.forward import Unavailable
+from passenger_lite.spawners.base import short_command
 
 from .states import AppState, WorkerState
 from .worker import StartFailure, Worker
@@ -229,7 +231,7 @@ class AppPool:
         t0 = time.monotonic()
         try:
             spec = self.poolset.worker_spec(self, w)
-            log.info("%s: spawning worker #%d: %s", self.name, wid, " ".join(spec.argv))
+            log.info("%s: spawning worker #%d: %s", self.name, wid, short_command(spec.argv))
             await w.start(spec, self.app.start_timeout, self.poolset.printer, self.poolset.watchdog,
                           user=w.user)
         except StartFailure as f:
@@ -278,8 +280,10 @@ class AppPool:
         self.failures += 1
         self.failed_starts += 1
         self.last_failure = f
+        # its output was printed as it came (smoke shows it in its table): not again here
         log.error("%s: worker failed to start: %s%s", self.name, f.message,
-                  ("\n  " + "\n  ".join(f.output.splitlines()[-10:])) if f.output else "")
+                  f"; the same {len(f.output.splitlines())} line(s) of output as the last failed start "
+                  "(not shown again)" if f.repeated else "")
         if self.failures >= FAIL_LIMIT:
             delay = FAILED_RETRY
             self._set_state(AppState.FAILED)
@@ -341,7 +345,8 @@ class AppPool:
             log.warning("%s: worker #%d (pid %s) exited unexpectedly (%s); %d request(s) were in flight",
                         self.name, w.id, w.pid, _exit_text(w), w.in_flight)
         elif expected:
-            log.info("%s: worker #%d (pid %s) stopped (%s)", self.name, w.id, w.pid, _exit_text(w))
+            plain = w.exit_code in (0, -signal.SIGTERM)  # it did as asked: no need to say how
+            log.info("%s: worker #%d (pid %s) stopped%s", self.name, w.id, w.pid, "" if plain else f" ({_exit_text(w)})")
         if self.stopping:
             if not self.workers:
                 self._set_state(AppState.STOPPED)

@@ -26,6 +26,7 @@ from .output import Printer, setup_logging
 from .status import table
 
 TAIL = 15
+KEPT = 40  # lines kept per app: a Python traceback is shown from its first line when it fits
 GREEN, RED, RESET = "\x1b[32m", "\x1b[31m", "\x1b[0m"
 
 
@@ -48,8 +49,8 @@ class TailPrinter(Printer):
     def __init__(self, echo: bool):
         super().__init__(sys.stderr)
         self.echo = echo
-        self.err: dict[str, deque] = defaultdict(lambda: deque(maxlen=TAIL))
-        self.out: dict[str, deque] = defaultdict(lambda: deque(maxlen=TAIL))
+        self.err: dict[str, deque] = defaultdict(lambda: deque(maxlen=KEPT))
+        self.out: dict[str, deque] = defaultdict(lambda: deque(maxlen=KEPT))
 
     def worker_line(self, worker, text: str, kind: str) -> None:
         (self.err if kind == "err" else self.out)[worker.app].append(text)
@@ -59,8 +60,16 @@ class TailPrinter(Printer):
     def tail(self, app: str, fallback: str = "") -> list[str]:
         lines = list(self.err.get(app) or ())
         if not lines and fallback:
-            lines = fallback.splitlines()[-TAIL:]
-        return lines or list(self.out.get(app) or ())
+            lines = fallback.splitlines()
+        return _last_part(lines or list(self.out.get(app) or ()))
+
+
+def _last_part(lines: list[str]) -> list[str]:
+    """The last TAIL lines, or the last traceback whole (from its `Traceback` line)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts and len(lines) - starts[-1] <= KEPT:
+        return lines[starts[-1]:]
+    return lines[-TAIL:]
 
 
 def request_host(app, smoke: SmokeRequest) -> str:

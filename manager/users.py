@@ -22,6 +22,7 @@ import functools
 import grp
 import os
 import pwd
+import re
 import shutil
 import stat
 from dataclasses import dataclass, field, replace
@@ -266,15 +267,17 @@ def unreachable(user: WorkerUser, path: str, bits: int) -> str | None:
     return None
 
 
-def blocked(user: WorkerUser, argv: list[str], cwd: str, env: dict[str, str], sock: str) -> str | None:
+def blocked(user: WorkerUser, argv: list[str], cwd: str, env: dict[str, str], sock: str | None) -> str | None:
     """Why `user` could not run this worker: its folder (read), program (execute), the files its
-    command names (read) and its socket folder (read/write); None when it can."""
+    command names (read) and its socket folder (read/write; None: not made yet, as for `check`);
+    None when it can."""
     checks = [(cwd, 5)]
     exe = argv[0] if os.sep in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
     if exe:
         checks.append((exe, 1))
     checks += [(a, 4) for a in argv[1:] if os.path.isabs(a) and os.path.isfile(a)]
-    checks.append((os.path.dirname(sock), 7))
+    if sock is not None:
+        checks.append((os.path.dirname(sock), 7))
     for path, bits in checks:
         why = unreachable(user, path, bits)
         if why:
@@ -291,6 +294,9 @@ def apply_user(spec, user: WorkerUser, app: AppConfig, sock: str) -> None:
     if user.uid != os.geteuid() and "XDG_RUNTIME_DIR" not in app.env:
         spec.env.pop("XDG_RUNTIME_DIR", None)  # the manager's, not the worker user's
     why = blocked(user, spec.argv, spec.cwd, spec.env, sock)
+    if not why:  # what the app cannot boot without (check reports these too, and the rest)
+        why = next((f"{w} ({what})" for path, bits, what, fatal in framework_paths(app) if fatal
+                    for w in [unreachable(user, path, bits)] if w), None)
     if why:
         message = f"the workers run as {user} ({user.why}), and {why}"
         raise StartFailure(
@@ -300,3 +306,138 @@ def apply_user(spec, user: WorkerUser, app: AppConfig, sock: str) -> None:
                    f"{user.name} is in), or move the app to a folder it can read.",
                    "Or choose the user with the app's `user:` (and `group:`) key; `user: root` runs the "
                    "app as root."])
+
+
+# ----------------------------------------------------------------------------- check and start
+
+_SQLITE_NAME_RE = re.compile(r"""['"]([\w./-]+\.(?:sqlite3?|db))['"]""")
+
+
+def framework_paths(app: AppConfig) -> list[tuple[str, int, str, bool]]:
+    """(path, bits, what for, fatal) a framework needs besides what the spawn checks: what a
+    Rails app reads and writes, a Python app's entry module and its virtualenv's base Python, the
+    SQLite file of a Django project (and its folder, where SQLite writes its journal). Fatal: the
+    app cannot boot without it; else it fails later. Missing files are left out (their folder
+    must be writable when the framework creates them)."""
+    root = Path(app.root)
+    out: list[tuple[str, int, str, bool]] = []
+    if app.type == "ruby-rack" and (root / "config" / "application.rb").is_file():  # Rails
+        if (root / "config" / "master.key").is_file():
+            out.append((str(root / "config" / "master.key"), 4, "Rails reads it to decrypt its credentials", True))
+        for name, what in (("log", "Rails writes its log files there"),
+                           ("tmp", "Rails writes its cache and pid files there")):
+            folder = root / name
+            if folder.is_dir():
+                out.append((str(folder), 3, what, False))
+                out += [(str(f), 2, what, False) for f in sorted(folder.glob("*.log"))]
+            elif not folder.exists():
+                out.append((str(root), 3, f"Rails creates {name}/ there", False))
+    if app.type in ("python-wsgi", "python-asgi") and app.entry:
+        module = app.entry.partition(":")[0]
+        rel = Path(*module.split("."))
+        for cand in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
+            if cand.is_file():
+                out.append((str(cand), 4, "the app's entry module", True))
+                break
+        home = _venv_home(app.python)
+        if home:
+            out.append((home, 5, "the Python its virtualenv was made from (pyvenv.cfg `home`)", True))
+        for db in _sqlite_files(root, module):
+            if db.exists():
+                out.append((str(db), 6, "the app's SQLite database", False))
+            out.append((str(db.parent), 3, "SQLite writes its journal beside the database", False))
+    return out
+
+
+def _venv_home(python: str | None) -> str | None:
+    """The base Python folder of the virtualenv `python` belongs to (its pyvenv.cfg `home`)."""
+    if not python or os.sep not in python:
+        return None
+    cfg = Path(python).absolute().parent.parent / "pyvenv.cfg"
+    try:
+        for line in cfg.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip() == "home" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def _sqlite_files(root: Path, module: str) -> list[Path]:
+    """The SQLite files of a Django project: those its settings name (relative to the project
+    root, as `BASE_DIR / 'db.sqlite3'` is), else a db.sqlite3 in the root."""
+    found = []
+    pkg = module.split(".")[0]
+    settings = root / pkg / "settings.py"
+    try:
+        text = settings.read_text(encoding="utf-8", errors="replace") if settings.is_file() else ""
+    except OSError:
+        text = ""
+    if "django.db.backends.sqlite3" in text:
+        found = [root / m for m in dict.fromkeys(_SQLITE_NAME_RE.findall(text))
+                 if not m.startswith("django.") and not os.path.isabs(m)]
+    if not found and (root / "db.sqlite3").is_file():
+        found = [root / "db.sqlite3"]
+    return found
+
+
+def _fix(user: WorkerUser, app: AppConfig, path: str) -> str:
+    if app.user:
+        return (f"give {path} to {user.name} (or let it in with a group or `chmod`), or choose another "
+                f"`user:` for the app")
+    if "default_user" in user.why:
+        return (f"give the app to the user that should run it (`chown -R USER {app.root}`: its workers then "
+                f"run as USER), or set the app's `user:`")
+    return f"give {path} to {user.name} (`chown {user.name}` or a group it is in), or set the app's `user:`"
+
+
+def access_problems(site: Site, policy: UserPolicy, registry) -> list[tuple[int, str, bool]]:
+    """What each app's workers could not reach, as its user, with the fix: (app index, message,
+    fatal). Fatal: the spawn itself refuses (the folder, interpreter, loader, entry files);
+    the rest (a framework's files and the folders it writes) would fail later, in the app."""
+    from passenger_lite.spawners.base import WorkerContext
+
+    out = []
+    for i, app in enumerate(site.apps):
+        try:
+            user = policy.for_app(app)
+        except LookupError as e:
+            out.append((i, str(e), True))
+            continue
+        if user is None or user.uid == 0:
+            continue
+        checks: list[tuple[str, int, str, bool]] = []
+        try:
+            sp = registry.get(app.type)
+            spec = sp.worker_spec(WorkerContext(app=app, socket=os.path.join(site.path.parent, "check.sock"),
+                                                port=None, environment=site.config.environment, worker_id=1))
+            why = blocked(user, spec.argv, spec.cwd, spec.env, None)
+            if why:
+                checks.append(("", 0, why, True))
+        except Exception:  # noqa: BLE001 - a plugin's worker_spec fails at start, with its own error
+            pass
+        for path, bits, what, fatal in framework_paths(app):
+            why = unreachable(user, path, bits)
+            if why:
+                checks.append((path, bits, f"{why} ({what})", fatal))
+        seen = set()
+        for _, _, why, fatal in checks:
+            where = why.split(": ", 1)[0].rsplit(" ", 1)[-1]  # the file or folder in the way
+            if where in seen:  # one line per thing in the way
+                continue
+            seen.add(where)
+            out.append((i, f"its workers run as {user} ({user.why}), and {why}; fix: {_fix(user, app, where)}",
+                        fatal))
+    return out
+
+
+def access_report(site: Site, registry) -> tuple[list[Problem], list[Problem]]:
+    """(errors, warnings) for `check` and `start`: access_problems() with file lines."""
+    policy = UserPolicy.for_site(site)
+    if not policy.switching:
+        return [], []
+    found = access_problems(site, policy, registry)
+    errors = _with_lines(site, [(("apps", i), m) for i, m, fatal in found if fatal])
+    warnings = _with_lines(site, [(("apps", i), m) for i, m, fatal in found if not fatal])
+    return errors, warnings

@@ -32,6 +32,15 @@ PROBE_MAX_INTERVAL = 0.02
 PROBE = b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nUser-Agent: passenger-lite-probe\r\nConnection: close\r\n\r\n"
 
 
+def probe_request(ready_check: str) -> bytes | None:
+    """The request a readiness probe sends for the app's `ready_check` (None: connect only)."""
+    if ready_check == "connect":
+        return None
+    if ready_check == "OPTIONS *":
+        return PROBE
+    return PROBE.replace(b"OPTIONS *", ready_check.encode("ascii"), 1)
+
+
 @dataclass
 class StartFailure(Exception):
     """Why a worker could not start: shown on the development error page and logged."""
@@ -44,6 +53,7 @@ class StartFailure(Exception):
     exit: str = ""
     output: str = ""
     hints: list[str] = field(default_factory=list)
+    repeated: bool = False  # its output is the last failed start's, and was not printed again
 
     def __str__(self) -> str:
         return f"{self.app}: {self.step}: {self.message}"
@@ -110,6 +120,9 @@ class Worker:
         self.cwd = ""
         self.user = None       # manager.users.WorkerUser it runs as; None: as the manager (issue 7)
         self.on_answer = None  # called once its socket answers, before it takes requests; may raise
+        self._held: list | None = None  # output kept back while it retries a failed start (_release)
+        self._printer = None
+        self.probe = probe_request(getattr(pool.app, "ready_check", "OPTIONS *"))
 
     def __repr__(self) -> str:
         return f"<Worker {self.app}#{self.id} pid={self.pid} {self.state.value}>"
@@ -132,6 +145,9 @@ class Worker:
         """Spawn and wait until the socket answers. Raises StartFailure (the process is gone then)."""
         self.command = shlex.join(spec.argv)
         self.cwd = spec.cwd
+        self._printer = printer
+        if self.pool.last_failure is not None and self.pool.last_failure.output:
+            self._held = []  # a retry: print its output only if it differs from the last failure's
         kw = {}
         if user is not None:
             kw.update(user.spawn_kwargs(asyncio.get_running_loop()))  # uvloop needs a preexec_fn
@@ -173,12 +189,14 @@ class Worker:
                 raise self._failure("socket", str(e)) from None
         if self.state is not W.STARTING:  # stopped while starting (shutdown, restart)
             raise self._failure("start", "the worker was stopped before it became ready")
+        self._release()
         self.ready_mono = time.monotonic()
         self.last_used = self.ready_mono
         self.set_state(W.READY)
 
     async def _probe(self, timeout: float) -> bool:
-        """True when the worker answers an HTTP request on its address (any status)."""
+        """True when the worker answers the app's `ready_check` on its address: any status to
+        `OPTIONS *`, a status below 500 to another request, or just accepts for `connect`."""
         try:
             if self.port is not None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -187,9 +205,13 @@ class Worker:
         except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, OSError):
             return False
         try:
-            writer.write(PROBE)
+            if self.probe is None:
+                return True
+            writer.write(self.probe)
             async with asyncio.timeout(timeout):
                 line = await reader.readline()
+            if self.probe is not PROBE and line[9:10] == b"5":  # 'HTTP/1.1 503': not ready yet
+                return False
             return line.startswith(b"HTTP/")
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
             return False
@@ -198,8 +220,19 @@ class Worker:
 
     def _failure(self, step: str, message: str) -> StartFailure:
         out = "\n".join(self.output)
+        last = self.pool.last_failure
+        repeated = self._held is not None and last is not None and out == last.output
+        self._release(print_held=not repeated)
         return StartFailure(self.app, step, message, command=self.command, cwd=self.cwd,
-                            exit=describe_exit(self.exit_code), output=out, hints=hints_for(out))
+                            exit=describe_exit(self.exit_code), output=out, hints=hints_for(out),
+                            repeated=repeated)
+
+    def _release(self, print_held: bool = True) -> None:
+        """Stop holding output back; print what was held (unless it repeats the last failure)."""
+        held, self._held = self._held, None
+        if held and print_held:
+            for text, kind in held:
+                self._printer.worker_line(self, text, kind)
 
     # ------------------------------------------------------------------ output and exit
 
@@ -217,7 +250,10 @@ class Worker:
                 return
             text = line.decode("utf-8", "replace").rstrip("\r\n")
             self.output.append(text)
-            printer.worker_line(self, text, kind)
+            if self._held is not None:
+                self._held.append((text, kind))
+            else:
+                printer.worker_line(self, text, kind)
 
     async def _drain_output(self) -> None:
         if self._readers:

@@ -400,6 +400,8 @@ class Upstream(asyncio.Protocol):
             return
         front = ex.front
         ex.status = status
+        if status >= 500:  # the request id is on the app's error page: put it in the log too
+            front.proxy.log_upstream_error(ex, status, f"answered by {self.worker.label}")
         ex.resp_started = True
         ex.t_response = _clock()
         self.keep = self.keep and self.parser.should_keep_alive()

@@ -542,8 +542,8 @@ class FrontProtocol(BaseProtocol):
         ex.status = status
         if not ex.request_id:
             ex.request_id = self.proxy.next_request_id()
-        if detail:
-            self.proxy.log_upstream_error(ex, status, detail)
+        if detail or status >= 500:  # every 5xx page's request id is in the log (one line)
+            self.proxy.log_upstream_error(ex, status, detail or message or self.proxy.pages.reason(status))
         body = self.proxy.pages.render(status, ex.request_id, message=message or None, problem=problem,
                                        custom=ex.pool.error_page)
         head = [b"HTTP/1.1 %d %s\r\n" % (status, self.proxy.pages.reason(status).encode()),

@@ -6,7 +6,8 @@ That is all: the manager starts, probes, supervises and stops the process.
 
 A worker must serve HTTP/1.1 on the address it is given (`WorkerContext.socket`, a Unix socket
 path, or `WorkerContext.port` on 127.0.0.1 when the spawner sets `uses_port`). It is ready when
-that address answers an HTTP request (`OPTIONS * HTTP/1.1`; any status counts). It is asked to
+that address answers an HTTP request (`OPTIONS * HTTP/1.1`, any status counts; or what the app's
+`ready_check` names). It is asked to
 stop with SIGTERM to its process group, and killed with SIGKILL after the shutdown timeout.
 The proxy forwards the full request path; a worker of an app mounted at a sub-path is told the
 prefix (PASSENGER_LITE_MOUNT, `WorkerContext.mount`) and moves it into SCRIPT_NAME itself.
@@ -138,6 +139,13 @@ def resolve_program(app: AppConfig, key: str, names: tuple[str, ...], missing: s
 def loader_path(filename: str) -> str:
     """Absolute path of a file in spawners/loaders (code that runs inside the app's runtime)."""
     return str(Path(__file__).with_name("loaders") / filename)
+
+
+def short_command(argv: list[str]) -> str:
+    """A worker's command for a log line: our loaders' long site-packages folder shown as
+    `<passenger-lite>/loaders/` (status and error pages keep the full command)."""
+    folder = str(Path(__file__).with_name("loaders")) + os.sep
+    return " ".join(a.replace(folder, "<passenger-lite>/loaders/") for a in argv)
 
 
 class SpawnError(Exception):

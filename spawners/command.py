@@ -9,8 +9,13 @@ learns where to listen from its environment:
 
 In a list, `$PORT`, `${PORT}`, `$PASSENGER_LITE_SOCKET` and `${PASSENGER_LITE_SOCKET}` are
 replaced by their values (there is no shell to do it). The worker is ready when its address answers
-an HTTP request, and is stopped with SIGTERM to its process group. Default concurrency 1: set
-`concurrency:` (0 = unlimited) for servers that take many requests at once.
+the app's `ready_check` (default `OPTIONS *`; `GET /health` or `connect` for servers that mind),
+and is stopped with SIGTERM to its process group.
+
+Default concurrency 0 (unlimited): the servers people run this way (Node/Next.js, Go, Deno,
+Elixir, uvicorn, PHP's and Java's) take many requests at once in one process; concurrency 1
+would scale a Next.js app to one 200 MiB process per in-flight request. Set `concurrency: 1` for
+a server that truly handles one request at a time.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ def _text(command: list[str] | str | None) -> str:
 
 class CommandSpawner:
     type = "command"
-    default_concurrency = 1
+    default_concurrency = 0
     uses_port = True  # per app: see wants_port
 
     def wants_port(self, app: AppConfig) -> bool:

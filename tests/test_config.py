@@ -159,7 +159,7 @@ def test_cli_check_exit_codes_and_one_screen_errors(tmp_path):
     assert "Traceback" not in r.stderr
     assert f"{p}:4: apps[0] (a).bogus: unknown key" in r.stderr
     assert len(r.stderr.splitlines()) < 25
-    p.write_text("apps:\n  - name: a\n    root: ./app\n    hosts: [a.test]\n    path: /x\n")
+    p.write_text("apps:\n  - name: a\n    root: ./app\n    hosts: [a.test]\n    path: /x\n    user: root\n")
     r = subprocess.run([sys.executable, "-m", "passenger_lite.manager.cli", "check", "--config", str(p)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

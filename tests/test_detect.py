@@ -116,7 +116,7 @@ def test_command_needs_a_runnable_command(tmp_path):
     assert [k for k, _ in got] == ["apps[0] (a).command", "apps[1] (b).command", "apps[2] (c).command"]
     assert "needs `command:`" in got[0][1] and "not an executable" in got[1][1] and "not found" in got[2][1]
     site = load(tmp_path, "  - {name: a, root: ./c, type: command, command: 'exec ./run.sh'}\n")
-    assert site.apps[0].concurrency == 1
+    assert site.apps[0].concurrency == 0  # issue 12 item 6: command servers take many requests at once
 
 
 def test_command_spawner_picks_port_or_socket_and_substitutes_them(tmp_path):
@@ -140,7 +140,7 @@ def test_check_shows_the_detected_types(tmp_path):
     folder(tmp_path, "rb", {"config.ru": ""})
     folder(tmp_path, "js", {"package.json": json.dumps({"main": "main.js"}), "main.js": ""})
     p = tmp_path / "sites.yaml"
-    p.write_text("apps:\n  - {name: rb, root: ./rb, path: /rb}\n  - {name: js, root: ./js}\n")
+    p.write_text("apps:\n  - {name: rb, root: ./rb, path: /rb, user: root}\n  - {name: js, root: ./js, user: root}\n")
     r = subprocess.run([sys.executable, "-m", "passenger_lite.manager.cli", "check", "--config", str(p)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -152,3 +152,57 @@ def test_check_shows_the_detected_types(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "apps[0] (both).root: ambiguous" in r.stderr
+
+
+# issue 12 item 4 ------------------------------------------------------------------------------
+
+MANAGE_PY = '''import os, sys
+def main():
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+'''
+
+
+def test_a_standard_django_project_is_python_wsgi_with_its_projects_wsgi_module(tmp_path):
+    folder(tmp_path, "dj", {"manage.py": MANAGE_PY, "mysite/__init__.py": "", "mysite/settings.py": "",
+                            "mysite/wsgi.py": "application = None\n", "mysite/asgi.py": "application = None\n",
+                            "package.json": '{"scripts": {"build": "webpack"}}'})
+    found, seen, why = default_registry().detect(tmp_path / "dj")
+    assert (found, seen, why) == ("python-wsgi", ["manage.py", "mysite/wsgi.py"], "")
+    app = load(tmp_path, "  - {name: d, root: ./dj}\n").apps[0]
+    assert (app.type, app.entry) == ("python-wsgi", "mysite.wsgi:application")
+    # manage.py naming no settings: the package beside it with settings.py and wsgi.py
+    folder(tmp_path, "dj2", {"manage.py": "", "proj/settings.py": "", "proj/wsgi.py": "", "other/wsgi.py": ""})
+    assert load(tmp_path, "  - {name: d, root: ./dj2}\n").apps[0].entry == "proj.wsgi:application"
+
+
+@pytest.mark.parametrize("source, entry, expect", [
+    ("def create_app(test_config=None):\n    pass\n", "m:create_app", "taking (test_config), not an app"),
+    ("def create_app():\n    pass\n", "m:create_app", "taking (), not an app taking (environ, start_response)"),
+    ("def application(environ, start_response):\n    pass\n", "m:application", None),
+    ("def application(environ, start_response, extra=1):\n    pass\n", "m:application", None),
+    ("def create_app():\n    pass\napp = create_app()\n", "m:app", None),
+    ("def create_app():\n    pass\n", "m:create_app()", None),
+    ("def create_app():\n    pass\n", "m:create_app('a', debug=True, n=[1, 2])", None),
+    ("def create_app():\n    pass\n", "m", None),  # neither application nor app: create_app() is used
+    ("import deco\n@deco.wsgi\ndef app():\n    pass\n", "m:app", None),  # decorated: the loader checks it
+    ("def create_app():\n    pass\n", "m:create_app(", "is not a name or a call"),
+    ("def create_app():\n    pass\n", "m:create_app(x)", "must be literals"),
+    ("def create_app():\n    pass\n", "m:create_app(**opts)", "must be literals"),
+])
+def test_wsgi_entries_factories_and_callables_that_are_not_apps(tmp_path, source, entry, expect):
+    folder(tmp_path, "w", {"m.py": source})
+    text = f"  - {{name: w, root: ./w, type: python-wsgi, entry: \"{entry}\"}}\n"
+    if expect is None:
+        app = load(tmp_path, text).apps[0]
+        assert app.entry == (entry if ":" in entry else "m:create_app()")
+    else:
+        ((key, message),) = problems(tmp_path, text)
+        assert key == "apps[0] (w).entry" and expect in message, message
+
+
+def test_asgi_factories(tmp_path):
+    folder(tmp_path, "a", {"main.py": "async def app(scope, receive, send):\n    pass\n"
+                                      "def create_app(debug=False):\n    return app\n"})
+    assert load(tmp_path, "  - {name: a, root: ./a, type: python-asgi, entry: 'main:create_app()'}\n").apps[0]
+    ((_, message),) = problems(tmp_path, "  - {name: a, root: ./a, type: python-asgi, entry: 'main:create_app'}\n")
+    assert "not an app taking (scope, receive, send)" in message and 'entry: "main:create_app()"' in message

@@ -250,3 +250,78 @@ def test_both_event_loops_start_the_process_with_the_users_ids_and_groups(loop):
     else:
         got = asyncio.run(_ids_as(user))
     assert got == [NOBODY.pw_uid, NOBODY.pw_uid, 0, sorted(set(os.getgrouplist("nobody", 0)))]
+
+
+# ---------------------------------------------------------------------------- check: issue 12 item 3
+
+
+def _registry_site(tmp_path: Path, apps: str) -> configmod.Site:
+    from passenger_lite.spawners.registry import default_registry
+
+    p = tmp_path / "sites.yaml"
+    p.write_text("apps:\n" + apps)
+    return configmod.load(p, default_registry())
+
+
+def _problems(site):
+    from passenger_lite.manager.users import access_problems
+    from passenger_lite.spawners.registry import default_registry
+
+    return access_problems(site, UserPolicy.for_site(site), default_registry())
+
+
+@root_only
+def test_framework_paths_of_rails_and_django_apps(open_dir):
+    from passenger_lite.manager.users import framework_paths
+
+    rails = open_dir / "rails"
+    for rel in ("config/application.rb", "config/master.key", "config.ru", "log/production.log"):
+        (rails / rel).parent.mkdir(parents=True, exist_ok=True)
+        (rails / rel).write_text("")
+    dj = open_dir / "dj"
+    (dj / "mysite").mkdir(parents=True)
+    (dj / "manage.py").write_text('os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")\n')
+    (dj / "mysite" / "wsgi.py").write_text("application = None\n")
+    (dj / "mysite" / "settings.py").write_text(
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': BASE_DIR / 'data/app.sqlite3'}}\n")
+    (dj / "data").mkdir()
+    site = _registry_site(open_dir, f"  - {{name: r, root: {rails}, ruby: /usr/bin/env}}\n"
+                                    f"  - {{name: d, root: {dj}, path: /d, python: /usr/bin/python3}}\n")
+    r, d = site.apps
+    got = {(Path(p).relative_to(open_dir).as_posix(), bits, fatal) for p, bits, _, fatal in framework_paths(r)}
+    assert got == {("rails/config/master.key", 4, True), ("rails/log", 3, False),
+                   ("rails/log/production.log", 2, False), ("rails", 3, False)}  # tmp/ is missing: made in root
+    got = {(Path(p).relative_to(open_dir).as_posix(), bits, fatal) for p, bits, _, fatal in framework_paths(d)}
+    assert got == {("dj/mysite/wsgi.py", 4, True), ("dj/data", 3, False)}  # no database file yet: its folder
+    (dj / "data" / "app.sqlite3").write_text("")
+    assert ("dj/data/app.sqlite3", 6, False) in {(Path(p).relative_to(open_dir).as_posix(), b, f)
+                                                  for p, b, _, f in framework_paths(d)}
+
+
+@root_only
+def test_access_problems_run_the_spawns_tests_as_the_apps_user_and_name_the_fix(open_dir):
+    app = open_dir / "blog"
+    app.mkdir()
+    (app / "wsgi.py").write_text("def application(environ, start_response):\n    pass\n")
+    (app / "db.sqlite3").write_text("")  # root's, 0644: nobody can read but not write it
+    venv = open_dir / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /root/.pyenv/versions/3.11.7/bin\n")
+    os.symlink("/usr/bin/python3", venv / "bin" / "python")
+    site = _registry_site(open_dir, f"  - {{name: b, root: {app}, python: /usr/bin/python3}}\n"
+                                    f"  - {{name: v, root: {app}, path: /v, python: {venv}/bin/python}}\n")
+    got = _problems(site)
+    b = [(m, fatal) for i, m, fatal in got if i == 0]
+    assert [fatal for _, fatal in b] == [False, False]
+    assert b[0][0].startswith("its workers run as nobody:") and f"(default_user, as {app} belongs to root)" in b[0][0]
+    assert f"user nobody cannot read/write {app}/db.sqlite3" in b[0][0] and "(the app's SQLite database)" in b[0][0]
+    assert f"user nobody cannot write/enter {app}: " in b[1][0] and "journal" in b[1][0]
+    assert f"`chown -R USER {app}`" in b[0][0] and "`user:`" in b[0][0]
+    v = [(m, fatal) for i, m, fatal in got if i == 1]
+    assert any(fatal and "cannot enter folder /root" in m and "pyvenv.cfg" in m for m, fatal in v), v
+    # the owner decides instead: the fix names that user, and with user: root nothing is checked
+    os.chown(app, NOBODY.pw_uid, -1)
+    os.chown(app / "db.sqlite3", NOBODY.pw_uid, -1)
+    assert [m for i, m, _ in _problems(site) if i == 0] == []
+    site = _registry_site(open_dir, f"  - {{name: v, root: {app}, python: {venv}/bin/python, user: root}}\n")
+    assert _problems(site) == []

@@ -5,20 +5,82 @@ wsgi_loader.py (PASSENGER_LITE_SOCKET, PASSENGER_LITE_ENTRY, PASSENGER_LITE_MOUN
 
 The front process forwards the full path; the mount prefix is given to the app as root_path
 (ASGI: `path` includes `root_path`). `OPTIONS *` (the readiness probe) is answered here.
+uvicorn logs at info (its startup and lifespan lines) without access lines; the app's own INFO
+logs are shown unless it configured logging itself.
 """
+import ast
 import importlib
+import inspect
+import logging
 import os
 import sys
 import traceback
 
 
-def load_app(entry):
+def load_app(entry, default):
+    """The object `module:name` names; `module:factory(args)` (gunicorn's syntax, literal
+    arguments only) calls the factory and returns what it built."""
     module, _, attr = entry.partition(":")
-    mod = importlib.import_module(module)
-    obj = mod
-    for part in (attr or "app").split("."):
+    attr = (attr or default).strip()
+    args, kwargs = (), {}
+    if "(" in attr:
+        call = ast.parse(attr, mode="eval").body
+        if not isinstance(call, ast.Call):
+            raise ValueError("%r is not a name or a call such as create_app()" % attr)
+        args = tuple(ast.literal_eval(a) for a in call.args)
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        attr = attr[:attr.index("(")].strip()
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
         obj = getattr(obj, part)
+    if "(" in entry.partition(":")[2]:
+        obj = obj(*args, **kwargs)
+    if not callable(obj):
+        raise TypeError("%s is %s, not a callable app" % (entry, type(obj).__name__))
     return obj
+
+
+def is_factory(obj):
+    """A plain function that can be called without arguments builds an app, it is not one."""
+    return inspect.isfunction(obj) and takes(obj, 0)
+
+
+def takes(obj, n):
+    """Can `obj` be called with n positional arguments? (True when its signature is unknown.)"""
+    try:
+        inspect.signature(obj).bind(*range(n))
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True
+
+
+def _not_handled_below(record):
+    """False for a record a logger below the root already wrote (Flask's app.logger has its
+    own handler): once is enough."""
+    lg = logging.getLogger(record.name)
+    while lg.parent is not None:
+        if lg.handlers:
+            return False
+        if not lg.propagate:
+            break
+        lg = lg.parent
+    return True
+
+
+def show_info_logs():
+    """The app's own INFO lines reach the log, as uvicorn's do: Python's last-resort handler
+    shows WARNING and up only. An app that configured logging itself is left alone."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s: %(message)s"))
+    handler.addFilter(_not_handled_below)
+    root.addHandler(handler)
+    if root.level == logging.WARNING:  # the default: nobody chose it
+        root.setLevel(logging.INFO)
 
 
 def wrap(app, mount):
@@ -36,6 +98,18 @@ def wrap(app, mount):
     return probe_and_mount
 
 
+def print_app_error():
+    """The exception being handled, without the frames of this loader and of importlib (the
+    app's own frames are the ones that matter)."""
+    etype, value, tb = sys.exc_info()
+    te = traceback.TracebackException(etype, value, tb)
+    me = os.path.abspath(__file__)
+    te.stack = traceback.StackSummary.from_list(
+        [f for f in te.stack if os.path.abspath(f.filename) != me and not f.filename.startswith("<frozen importlib")
+         and not f.filename.endswith(os.path.join("importlib", "__init__.py"))])
+    sys.stderr.write("".join(te.format()))
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or ".") == here:
@@ -50,12 +124,23 @@ def main():
         sys.exit(3)
     entry = os.environ["PASSENGER_LITE_ENTRY"]
     try:
-        app = load_app(entry)
+        app = load_app(entry, "app")
     except BaseException:
-        traceback.print_exc()
+        print_app_error()
         print(f"passenger-lite: could not load the ASGI app {entry!r} (cwd {os.getcwd()}, "
               f"python {sys.executable})", file=sys.stderr)
         sys.exit(3)
+    # ASGI 3: app(scope, receive, send); ASGI 2 (a class or an instance): app(scope)
+    if is_factory(app) or not (takes(app, 3) or (not inspect.isfunction(app) and takes(app, 1))):
+        try:
+            sig = str(inspect.signature(app))
+        except (TypeError, ValueError):
+            sig = "?"
+        print(f"passenger-lite: {entry} is {getattr(app, '__qualname__', type(app).__name__)} taking {sig}, "
+              f"not an ASGI app taking (scope, receive, send); if it builds and returns the app (an app "
+              f"factory), call it: entry: \"{entry if '(' in entry else entry + '()'}\"", file=sys.stderr)
+        sys.exit(3)
+    show_info_logs()
     sock = os.environ["PASSENGER_LITE_SOCKET"]
     concurrency = int(os.environ.get("PASSENGER_LITE_CONCURRENCY", "0") or 0)
     config = uvicorn.Config(
@@ -63,7 +148,7 @@ def main():
         uds=sock,
         lifespan="auto",
         access_log=False,
-        log_level=os.environ.get("PASSENGER_LITE_LOG_LEVEL", "warning"),
+        log_level=os.environ.get("PASSENGER_LITE_LOG_LEVEL", "info"),  # startup and lifespan lines
         proxy_headers=True,
         forwarded_allow_ips="*",  # only the front process can reach this socket; it sets X-Forwarded-*
         server_header=False,
