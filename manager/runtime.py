@@ -53,8 +53,9 @@ class Runtime:
             self.instance.lock()
             stack.callback(self.instance.unlock)
             watchdog = Watchdog()
-            watchdog.start()
+            log.info(watchdog.start(self.instance.workers, self.instance.dir))
             stack.callback(watchdog.close)
+            stack.callback(watchdog.stop_descendants)  # after the workers stopped, before the watchdog
             users = _user_policy(self.site)
             self.poolset = PoolSet(self.site, self.registry, self.instance.workers, watchdog, self.printer, users)
             stack.push_async_callback(self._stop_pools)
