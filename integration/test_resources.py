@@ -1,0 +1,97 @@
+"""Issue 11, item 10: resources a run holds are given back: runtime folders, open-file limits,
+memory (memory_limit), and a log disk that fills up."""
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from harness import Server, app_config, copy_app
+
+
+def run_folders(config: Path) -> tuple[Path, list[Path]]:
+    """The run's instance folder (control socket, lock) and its worker socket folders, found
+    without creating anything (the harness's control_path() would make the instance folder)."""
+    from passenger_lite.manager.runtimedir import _digest, base_dir
+
+    digest = _digest(config)
+    return base_dir() / digest, sorted(base_dir(workers=True).glob(f"{digest}-w-*"))
+
+
+def wait_gone(paths, timeout: float = 10) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in paths if p.exists()]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def wsgi(apps_dir, **kw):
+    return app_config("echo", copy_app("wsgi_echo", apps_dir), **kw)
+
+
+@pytest.mark.parametrize("how", ["stop", "sigterm"])
+def test_run_folders_are_removed_when_the_run_ends(make_server, apps_dir, how):
+    s = make_server({"apps": [wsgi(apps_dir)]})
+    inst, workers = run_folders(s.config)
+    assert (inst / "lock").exists() and (inst / "control.sock").exists() and len(workers) == 1
+    assert any(workers[0].iterdir())  # the worker's socket folder
+    if how == "stop":
+        assert s.cli("stop").returncode == 0
+    s.stop()
+    assert wait_gone([inst, *workers], timeout=1) == []
+
+
+def test_run_folders_of_a_killed_manager_are_removed_by_its_watchdog(make_server, apps_dir):
+    s = make_server({"apps": [wsgi(apps_dir)]})
+    inst, workers = run_folders(s.config)
+    s.proc.send_signal(signal.SIGKILL)
+    s.proc.wait(10)
+    s.stop()  # the harness checks that the workers and the watchdog are gone
+    assert wait_gone([inst, *workers]) == []
+    # and the same config starts again at once, its folders made anew
+    s2 = make_server({"apps": [wsgi(apps_dir / "2")]})
+    assert s2.get("/env")[0] == 200
+    inst2, workers2 = run_folders(s2.config)
+    assert inst2.exists() and len(workers2) == 1
+
+
+def test_the_next_start_removes_folders_whose_owner_is_gone(make_server, apps_dir, tmp_path):
+    """Manager and watchdog both killed (OOM killer, power loss): any later start cleans up."""
+    s = make_server({"apps": [wsgi(apps_dir)]})
+    inst, workers = run_folders(s.config)
+    s.track()
+    for p in s.seen.values():  # the watchdog first, so nobody cleans up
+        if "watchdog.py" in " ".join(p.cmdline()):
+            p.kill()
+    s.proc.send_signal(signal.SIGKILL)
+    s.proc.wait(10)
+    s.kill_leftovers()
+    s.stop()
+    time.sleep(0.5)
+    assert inst.exists() and workers[0].exists()  # nobody was left to remove them
+    other = make_server({"apps": [wsgi(tmp_path / "other_apps")]})  # another config altogether
+    assert other.get("/env")[0] == 200
+    assert wait_gone([inst, *workers], timeout=1) == []
+    assert run_folders(other.config)[0].exists()  # its own stay while it runs
+
+
+def test_a_second_start_of_a_running_config_is_still_refused(make_server, apps_dir):
+    """Removing the lock file at the end must not let two managers run for one config."""
+    s = make_server({"apps": [wsgi(apps_dir)]})
+    from harness import cli_command
+
+    r = subprocess.run(cli_command() + ["start", "--config", str(s.config)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode != 0 and "already running" in r.stderr
+    assert s.get("/env")[0] == 200
+    s.stop()
+    again = Server(s.dir, {"apps": [wsgi(apps_dir / "again")]})  # the same sites.yaml path
+    try:
+        again.start()
+        assert again.config == s.config and again.get("/env")[0] == 200
+    finally:
+        again.stop()
