@@ -1,5 +1,6 @@
 """Issue 11, item 10: resources a run holds are given back: runtime folders, open-file limits,
 memory (memory_limit), and a log disk that fills up."""
+import http.client
 import os
 import signal
 import subprocess
@@ -95,3 +96,85 @@ def test_a_second_start_of_a_running_config_is_still_refused(make_server, apps_d
         assert again.config == s.config and again.get("/env")[0] == 200
     finally:
         again.stop()
+
+
+# ---------------------------------------------------------------------------------------- open files
+
+class LowLimitServer(Server):
+    """Started with the soft open-files limit at 1024, as most logins and units give."""
+
+    def command(self) -> list[str]:
+        return ["prlimit", "--nofile=1024:20000", "--", *super().command()]
+
+
+def nofile(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/limits") as f:
+        line = next(x for x in f if x.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    return int(soft), int(hard)
+
+
+def test_the_open_files_limit_is_raised_and_max_connections_holds(apps_dir, tmp_path):
+    import socket
+
+    if nofile(os.getpid())[0] < 1300:
+        pytest.skip("this test process itself needs about 1200 descriptors")
+    s = LowLimitServer(tmp_path / "s", {"max_connections": 1100, "apps": [wsgi(apps_dir, max_processes=1)]})
+    clients = []
+    try:
+        s.start()
+        assert nofile(s.proc.pid) == (20000, 20000)
+        assert "open files limit 20000 (raised from 1024)" in s.logs()
+        worker = s.app_status("echo")["workers"][0]["pid"]
+        assert nofile(worker)[0] == 20000  # workers inherit it
+        for _ in range(1099):  # idle connections, more than 1024 descriptors' worth
+            clients.append(socket.create_connection(("127.0.0.1", s.port), timeout=10))
+        # the 1100th is still served; the 1101st gets 503 (not an empty reply) and a log line
+        last = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        clients.append(last)
+        last.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: it stays open
+        r = http.client.HTTPResponse(last)
+        r.begin()
+        assert r.status == 200 and r.read()
+        extra = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        clients.append(extra)
+        answer = recv_all(extra)  # answered as it connects (a request sent now could meet a reset)
+        assert answer.startswith(b"HTTP/1.1 503") and b"too many open connections" in answer
+        deadline = time.monotonic() + 5
+        while "max_connections (1100) reached" not in s.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "connection(s) refused with 503: max_connections (1100) reached" in s.logs()
+        for c in clients:
+            c.close()
+        clients.clear()
+        # after the flood: served at once, nothing in flight or queued
+        assert s.get("/env", timeout=5)[0] == 200
+        st = s.app_status("echo")
+        assert st["queue"] == 0 and [w["in_flight"] for w in st["workers"]] == [0]
+    finally:
+        for c in clients:
+            c.close()
+        s.stop()
+
+
+def test_a_limit_too_low_for_max_connections_is_said(apps_dir, tmp_path):
+    class Capped(Server):
+        def command(self):
+            return ["prlimit", "--nofile=512:512", "--", *super().command()]
+
+    s = Capped(tmp_path / "s", {"max_connections": 2000, "apps": [wsgi(apps_dir)]})
+    try:
+        s.start()
+        assert "open files limit 512 is below max_connections (2000)" in s.logs()
+        assert s.get("/env")[0] == 200
+    finally:
+        s.stop()
+
+
+def recv_all(sock) -> bytes:
+    out = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
