@@ -178,3 +178,63 @@ def recv_all(sock) -> bytes:
         if not chunk:
             return out
         out += chunk
+
+
+# ---------------------------------------------------------------------------------------- memory_limit
+
+GROWING = """\
+import os, time
+held = []
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/grow":
+        chunk = bytearray(8 * 1024 * 1024)
+        for i in range(0, len(chunk), 4096):  # touch every page: resident, not just reserved
+            chunk[i] = 1
+        held.append(chunk)
+        time.sleep(0.06)  # a request that does some work
+    with open("/proc/self/statm") as f:
+        rss = int(f.read().split()[1]) * PAGE
+    body = f"{os.getpid()} {rss}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_memory_limit_is_checked_after_each_request(make_server, apps_dir):
+    """A worker that grows 8 MiB per request is replaced soon after it passes memory_limit (it
+    used to be checked every 2 s: a 100 MiB limit reached 457 MiB), and the next request is
+    served at once by a new worker."""
+    root = apps_dir / "grow"
+    root.mkdir()
+    (root / "passenger_wsgi.py").write_text(GROWING)
+    limit = 100
+    s = make_server({"apps": [app_config("grow", root, type="python-wsgi", memory_limit=limit,
+                                         min_processes=1, max_processes=1)]})
+    first = int(s.get("/")[2].split()[0])
+    peak = 0
+    for _ in range(60):  # at most 480 MiB, even if nothing recycles it
+        status, _, body = s.get("/grow", timeout=10)
+        assert status == 200
+        pid, rss = map(int, body.split())
+        if pid != first:
+            break
+        peak = max(peak, rss)
+    else:
+        raise AssertionError(f"never recycled; peak {peak / 2**20:.0f} MiB\n{s.logs()}")
+    print(f"memory_limit {limit} MiB: peak RSS {peak / 2**20:.0f} MiB before the new worker answered")
+    assert peak > limit * 2**20  # it did pass the limit
+    # replaced within a few requests: the replacement's start, not seconds of requests
+    assert peak < (limit + 80) * 2**20, f"peak {peak / 2**20:.0f} MiB for memory_limit {limit} MiB"
+    assert f"(memory_limit {limit} MiB)" in s.logs()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = s.app_status("grow")
+        if [w["state"] for w in st["workers"]] == ["ready"]:
+            break
+        time.sleep(0.05)
+    assert [w["state"] for w in st["workers"]] == ["ready"] and st["queue"] == 0
+    assert all(w["in_flight"] == 0 for w in st["workers"])
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+    assert s.get("/", timeout=5)[0] == 200

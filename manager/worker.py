@@ -104,6 +104,7 @@ class Worker:
         self.output: deque[str] = deque(maxlen=OUTPUT_TAIL)
         self.rss = 0
         self.mem_checked = 0.0
+        self.mem_quick = 0.0   # when memory_limit was last checked after a request
         self.recycling = False
         self._exit_task: asyncio.Task | None = None
         self._readers: list[asyncio.Task] = []
