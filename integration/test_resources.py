@@ -238,3 +238,81 @@ def test_memory_limit_is_checked_after_each_request(make_server, apps_dir):
     assert all(w["in_flight"] == 0 for w in st["workers"])
     assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
     assert s.get("/", timeout=5)[0] == 200
+
+
+# ---------------------------------------------------------------------------------------- full log disk
+
+SPAM = """\
+import sys
+
+def application(environ, start_response):
+    n, _, tag = (environ.get("QUERY_STRING") or "0").partition("-")
+    for i in range(int(n)):
+        print(f"spam {tag}{i:05d} " + "x" * 80 + " end", flush=True)
+    body = b"ok"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [body]
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 64 KiB file system (tmpfs), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+    if os.path.ismount(mnt):
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def spam_lines(text: str) -> list[str]:
+    return [x for x in text.splitlines() if " | spam " in x]
+
+
+def test_a_full_log_disk_is_said_once_and_no_line_is_torn(small_disk, make_server, apps_dir):
+    root = apps_dir / "spam"
+    root.mkdir()
+    (root / "passenger_wsgi.py").write_text(SPAM)
+    filler = small_disk / "filler"
+    filler.write_bytes(b"f" * 24 * 1024)  # freed later, so the disk can take lines again
+    log_file = small_disk / "pl.log"
+    s = make_server({"log_file": str(log_file), "apps": [app_config("spam", root, type="python-wsgi")]})
+    total = 0
+    for _ in range(5):  # about 100 KiB of lines onto a 64 KiB disk
+        assert s.get("/?200")[0] == 200
+        total += 200
+    stderr = s.logs()  # the harness's capture of the manager's stderr (on a roomy disk)
+    assert "Logging error" not in stderr and "Traceback" not in stderr
+    said = [x for x in stderr.splitlines() if f"log_file {log_file}: No space left on device" in x]
+    assert len(said) == 1, stderr[-2000:]
+    assert "dropping log lines until it can be written again" in said[0]
+    text = log_file.read_text()
+    assert text.endswith("\n")
+    for line in text.splitlines():  # whole lines only: none cut off by the full disk
+        assert line.endswith(" end") or " | spam " not in line, f"torn line: {line!r}"
+    written = len(spam_lines(text))
+    assert 0 < written < total
+    # room again: the next line is written, after the count of what was dropped
+    filler.unlink()
+    assert s.get("/?3-after")[0] == 200
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "spam after00002" not in log_file.read_text():
+        time.sleep(0.05)
+    text = log_file.read_text()
+    assert all(f"spam after0000{i}" in text for i in range(3))
+    notes = [x for x in text.splitlines() if "line(s) dropped while it could not be written" in x]
+    assert len(notes) == 1
+    assert text.index(notes[0]) < text.index("spam after00000")
+    dropped = int(notes[0].split(": ")[1].split()[0])
+    written = len(spam_lines(text))  # every line was either written or dropped (and counted)
+    assert total + 3 - written <= dropped <= total + 3 - written + 10  # the spam, and any line of ours
+    assert "line(s) dropped while it could not be written" in s.logs()
+    st = s.app_status("spam")
+    assert st["queue"] == 0 and [w["state"] for w in st["workers"]] == ["ready"]
+    s.stop()
