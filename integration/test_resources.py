@@ -316,3 +316,15 @@ def test_a_full_log_disk_is_said_once_and_no_line_is_torn(small_disk, make_serve
     st = s.app_status("spam")
     assert st["queue"] == 0 and [w["state"] for w in st["workers"]] == ["ready"]
     s.stop()
+
+
+def test_status_and_stop_of_a_config_that_is_not_running_leave_no_folder(tmp_path):
+    from harness import run_cli
+
+    cfg = tmp_path / "sites.yaml"
+    cfg.write_text("apps: []\n")
+    for cmd in ("status", "stop"):
+        r = run_cli(cmd, "--config", str(cfg))
+        assert r.returncode == 1 and "no passenger-lite is running" in r.stderr, r.stderr
+    inst, workers = run_folders(cfg)
+    assert not inst.exists() and workers == []

@@ -137,8 +137,9 @@ def _digest(config_path: Path) -> str:
 
 
 def instance_dir(config_path: Path) -> Path:
-    """The directory of the manager for this config file (same for every CLI command)."""
-    return ensure_private_dir(base_dir() / _digest(config_path))
+    """The directory of the manager for this config file (same for every CLI command). Only the
+    manager creates it (Instance.lock): a `status` or `stop` must not leave one behind."""
+    return base_dir() / _digest(config_path)
 
 
 def control_socket(config_path: Path) -> Path:
@@ -242,7 +243,7 @@ class Instance:
         except BlockingIOError:
             pid = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
-            if pid or last:
+            if last or (pid.isdigit() and _alive(int(pid))):  # else a cleaner holds it for a moment
                 raise RuntimeDirError(f"passenger-lite is already running for this config (pid {pid or '?'})") from None
             return None
         if not _same_file(fd, self.dir / "lock"):  # removed by its last owner or a cleaner: not ours
@@ -262,6 +263,16 @@ class Instance:
             _remove_instance_dir(self.dir)  # the lock file goes while we still hold it
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _same_file(fd: int, path: Path) -> bool:
