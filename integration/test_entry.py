@@ -66,7 +66,7 @@ def write(root: Path, files: dict[str, str]) -> Path:
 def check(tmp_path: Path, apps: list[dict]) -> subprocess.CompletedProcess:
     cfg = tmp_path / "check.yaml"
     cfg.write_text(yaml.safe_dump({"apps": apps}))
-    return run_cli("check", "--config", str(cfg), cwd=tmp_path)
+    return run_cli("check", "--config", str(cfg))
 
 
 def test_flask_app_factory_with_and_without_literal_arguments(make_server, apps_dir, tmp_path):

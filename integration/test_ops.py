@@ -49,6 +49,7 @@ def test_every_control_command_says_in_one_line_that_no_manager_runs(tmp_path, a
     from passenger_lite.manager.runtimedir import control_socket
 
     path = control_socket(cfg)
+    path.parent.mkdir(mode=0o700)  # control_socket() no longer makes the folder (issue 11)
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(path))
     s.close()
@@ -56,6 +57,7 @@ def test_every_control_command_says_in_one_line_that_no_manager_runs(tmp_path, a
         check_all()
     finally:
         path.unlink()
+        path.parent.rmdir()
 
 
 def test_restart_reload_and_stop_through_the_cli(make_server, apps_dir):

@@ -6,6 +6,7 @@ coloured per app on a TTY and plain otherwise, as foreman and honcho users expec
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -73,35 +74,83 @@ class _JSONFormatter(logging.Formatter):
 
 
 class LogFile:
-    """The `log_file` stream: appended to, one flushed write per line, reopened on SIGUSR1
-    (after logrotate moved it). Quacks like the text stream the Printer and logging expect."""
+    """The `log_file` stream: appended to, one write per line, reopened on SIGUSR1 (after
+    logrotate moved it). Quacks like the text stream the Printer and logging expect.
+
+    A full disk (quota, I/O error) is said once on stderr; lines are then dropped and counted, and the
+    count is written (to the file and stderr) when writing works again. A line the disk could only
+    take part of is cut back off, so the file never holds a torn line. Writes never raise, so
+    logging never prints its "Logging error" tracebacks."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._f = self._open()
+        self._fd = self._open()
+        self.dropped = 0     # lines dropped since the disk became full
+        self.full = False
 
-    def _open(self) -> TextIO:
+    def _open(self) -> int:
         try:
-            return open(self.path, "a", encoding="utf-8", errors="replace", buffering=1)
+            return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise OSError(e.errno, f"cannot open log_file {self.path}: {e.strerror or e}") from None
 
     def write(self, text: str) -> int:
-        return self._f.write(text)
+        data = text.encode("utf-8", "replace")
+        if self.full:
+            note = (f"{time.strftime('%H:%M:%S')} passenger-lite | log_file {self.path}: {self.dropped} "
+                    f"line(s) dropped while it could not be written\n").encode()
+            if self._write(note + data) is not None:
+                self.dropped += 1
+                return len(text)
+            self.full = False
+            _stderr(note.decode().split(" | ", 1)[1].rstrip("\n"))
+            self.dropped = 0
+        else:
+            why = self._write(data)
+            if why is not None:
+                self.full = True
+                self.dropped = 1
+                _stderr(f"error: log_file {self.path}: {why}; dropping log lines until it can be written "
+                        f"again (they are counted)")
+        return len(text)
+
+    def _write(self, data: bytes) -> str | None:
+        """Append all of `data` or none of it; None, or why not (disk full, quota...)."""
+        try:
+            n = os.write(self._fd, data)
+        except OSError as e:
+            return e.strerror or str(e)
+        if n < len(data):  # only part of it fit: cut that back off, so no torn line stays
+            try:
+                os.ftruncate(self._fd, os.fstat(self._fd).st_size - n)
+            except OSError:
+                pass
+            return os.strerror(errno.ENOSPC)
+        return None
 
     def flush(self) -> None:
-        self._f.flush()
+        pass
 
     def isatty(self) -> bool:
         return False
 
     def reopen(self) -> None:
         new = self._open()
-        old, self._f = self._f, new
-        old.close()
+        old, self._fd = self._fd, new
+        os.close(old)
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _stderr(msg: str) -> None:
+    try:
+        sys.stderr.write(f"{time.strftime('%H:%M:%S')} passenger-lite | {msg}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def log_path(site, key: str) -> Path | None:

@@ -42,6 +42,7 @@ BACKOFF_BASE = 0.5      # seconds; doubles per failure, with +-25 % jitter
 BACKOFF_MAX = 30.0
 FAILED_RETRY = 60.0     # a failed app is tried again after this long (or on restart)
 MEMORY_CHECK_EVERY = 2.0
+MEMORY_CHECK_AFTER_REQUEST = 0.05  # memory_limit: a worker's RSS is read after a request, at most this often
 
 
 class AppPool:
@@ -146,6 +147,8 @@ class AppPool:
             limit = self.app.max_requests
             if limit and w.served >= limit and w.state is W.READY:
                 self.recycle(w, f"served {w.served} requests (max_requests)")
+            if self.app.memory_limit and w.last_used - w.mem_quick >= MEMORY_CHECK_AFTER_REQUEST:
+                self._check_memory_now(w)
         if w.state is W.DRAINING and not w.in_flight:
             self.loop.create_task(w.stop(self.shutdown_timeout))
         if self.queue:
@@ -397,6 +400,21 @@ class AppPool:
             w.rss = rss_of(w.pid, psutil)
             if w.rss > limit:
                 self.recycle(w, f"uses {w.rss / 1048576:.0f} MiB (memory_limit {self.app.memory_limit} MiB)")
+
+    def _check_memory_now(self, w: Worker) -> None:
+        """After a request: the worker's own RSS (one psutil read; the sweep adds its children)."""
+        import psutil
+
+        w.mem_quick = w.last_used
+        if w.state is not W.READY or w.recycling or w.pid is None:
+            return
+        try:
+            rss = psutil.Process(w.pid).memory_info().rss
+        except psutil.Error:
+            return
+        if rss > self.app.memory_limit * 1024 * 1024:
+            w.rss = max(w.rss, rss)
+            self.recycle(w, f"uses {rss / 1048576:.0f} MiB (memory_limit {self.app.memory_limit} MiB)")
 
     # ------------------------------------------------------------------ restart, recycle, stop
 

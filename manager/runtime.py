@@ -48,13 +48,15 @@ class Runtime:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.commands = asyncio.Queue()
+        _raise_open_files_limit(self.site)
         async with contextlib.AsyncExitStack() as stack:
             self.instance = Instance(self.site.path)
             self.instance.lock()
             stack.callback(self.instance.unlock)
             watchdog = Watchdog()
-            watchdog.start()
+            log.info(watchdog.start(self.instance.workers, self.instance.dir))
             stack.callback(watchdog.close)
+            stack.callback(watchdog.stop_descendants)  # after the workers stopped, before the watchdog
             users = _user_policy(self.site)
             self.poolset = PoolSet(self.site, self.registry, self.instance.workers, watchdog, self.printer, users)
             stack.push_async_callback(self._stop_pools)
@@ -209,6 +211,31 @@ def _user_policy(site: Site, announce: bool = True):
     if line:
         log.info(line)
     return policy
+
+
+def _raise_open_files_limit(site: Site) -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit (often 1024 of 20,000+): past it new clients get an
+    empty reply and nothing is logged, so max_connections could never take effect. Workers
+    inherit it. One log line says the limit, with a warning when max_connections is above it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    was = soft
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    raised = f" (raised from {was})" if soft != was else ""
+    need = site.config.max_connections * max(1, len(site.addresses))
+    if need + 100 > soft:
+        log.warning("open files limit %d%s is below max_connections (%d) x %d listener(s): clients past "
+                    "about %d connections get an empty reply; raise the hard limit (ulimit -Hn, LimitNOFILE=)",
+                    soft, raised, site.config.max_connections, max(1, len(site.addresses)), max(soft - 100, 0))
+    else:
+        log.info("open files limit %d%s", soft, raised)
 
 
 def run(site: Site, **kw) -> int:

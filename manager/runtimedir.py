@@ -15,6 +15,12 @@ Layout (BASE is /run/passenger-lite for root; otherwise $XDG_RUNTIME_DIR/passeng
 WBASE is BASE, except for root: workers running as other users must pass through it, so it is
 BASE-workers (/run/passenger-lite-workers), 0711, and BASE with the control sockets stays 0700.
 
+A run's folders go when it ends: `stop` and SIGTERM remove them (Instance.unlock); after a
+SIGKILL the watchdog does (remove_run), and any start removes those of runs whose lock nobody
+holds any more (remove_stale). The lock file is removed while held, so a manager that locked it
+checks afterwards that it still is the file at that path, and otherwise starts over.
+This module is also imported by the watchdog program (by path): standard library only.
+
 Every folder is opened with O_NOFOLLOW|O_DIRECTORY and checked on that descriptor (a real
 directory, owned by us) before it is chmod-ed or chown-ed through the same descriptor: nothing is
 chown-ed through a path, no name in /tmp is trusted, and the folders above BASE must not be
@@ -29,6 +35,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes
@@ -130,8 +137,9 @@ def _digest(config_path: Path) -> str:
 
 
 def instance_dir(config_path: Path) -> Path:
-    """The directory of the manager for this config file (same for every CLI command)."""
-    return ensure_private_dir(base_dir() / _digest(config_path))
+    """The directory of the manager for this config file (same for every CLI command). Only the
+    manager creates it (Instance.lock): a `status` or `stop` must not leave one behind."""
+    return base_dir() / _digest(config_path)
 
 
 def control_socket(config_path: Path) -> Path:
@@ -222,13 +230,11 @@ class Instance:
         self.workers: Path | None = None  # this run's worker socket folders (WorkerDirs)
 
     def lock(self) -> None:
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            raise RuntimeDirError(f"passenger-lite is already running for this config (pid {pid or '?'})") from None
+        for attempt in range(40):
+            fd = self._try_lock(last=attempt == 39)
+            if fd is not None:
+                break
+            time.sleep(0.025)  # a cleaner held it for a moment, or removed it under us
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -236,8 +242,29 @@ class Instance:
         prefix = f"{self.dir.name}-w-"
         for old in list(base.glob(prefix + "*")) + list(self.dir.glob("w-*")):  # runs that were killed
             shutil.rmtree(old, ignore_errors=True)
+        remove_stale(self.dir.name)
         self.workers = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
         ensure_dir(self.workers, 0o711 if _shared() else 0o700)
+
+    def _try_lock(self, last: bool) -> int | None:
+        """The lock's descriptor, or None to try again; raises when another manager runs."""
+        ensure_private_dir(self.dir)
+        try:
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:  # the folder was removed between the two steps
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            if last or (pid.isdigit() and _alive(int(pid))):  # else a cleaner holds it for a moment
+                raise RuntimeDirError(f"passenger-lite is already running for this config (pid {pid or '?'})") from None
+            return None
+        if not _same_file(fd, self.dir / "lock"):  # removed by its last owner or a cleaner: not ours
+            os.close(fd)
+            return None
+        return fd
 
     def unlock(self) -> None:
         if self.workers is not None:
@@ -248,5 +275,92 @@ class Instance:
         except OSError:
             pass
         if self._lock_fd is not None:
+            _remove_instance_dir(self.dir)  # the lock file goes while we still hold it
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _remove_instance_dir(d: Path) -> None:
+    """Remove an instance folder: only the names we put there; a folder with anything else stays."""
+    for name in ("control.sock", "lock"):
+        try:
+            os.unlink(d / name)
+        except OSError:
+            pass
+    try:
+        os.rmdir(d)
+    except OSError:
+        pass
+
+
+def _held(d: Path) -> bool:
+    """Is the lock in instance folder `d` held by a running manager? If not, `d` is removed."""
+    try:
+        fd = os.open(d / "lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:  # never locked (made by `status` or `stop`); a starter retries
+        _remove_instance_dir(d)
+        return False
+    except OSError:
+        return True  # not ours to judge
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return True
+    try:  # ours now: nobody runs there; remove it while holding the lock
+        if _same_file(fd, d / "lock"):
+            _remove_instance_dir(d)
+    finally:
+        os.close(fd)
+    return False
+
+
+def remove_stale(skip: str = "") -> None:
+    """Remove the folders of runs that ended without removing them (SIGKILL, power loss)."""
+    try:
+        base = base_dir()
+        wbase = base_dir(workers=True)
+    except RuntimeDirError:
+        return
+    for d in base.iterdir():
+        if d.name == skip or not d.is_dir() or d.is_symlink() or len(d.name) != 12:
+            continue
+        _held(d)
+    for w in wbase.glob("*-w-*"):
+        owner = w.name.split("-w-", 1)[0]
+        if owner != skip and not (base / owner).exists() and w.is_dir() and not w.is_symlink():
+            shutil.rmtree(w, ignore_errors=True)
+
+
+def remove_run(workers_dir: str | None, instance_dir: str | None) -> None:
+    """The watchdog, after its manager ended: remove the run's folders unless a new manager for
+    the same config holds the lock by now (then they are its own or it removed them already)."""
+    if instance_dir:
+        d = Path(instance_dir)
+        for _ in range(20):  # the dead manager's lock is released when its last descriptor closes
+            if not _held(d):
+                break
+            time.sleep(0.05)
+        else:
+            return
+    if workers_dir:
+        shutil.rmtree(workers_dir, ignore_errors=True)

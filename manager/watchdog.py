@@ -5,8 +5,13 @@ process keeps the list. The front process tells it each worker's process group o
 (`+PGID` / `-PGID` lines); when the pipe reaches EOF (the front process ended, however it ended)
 the watchdog sends TERM to every group still listed, then KILL to what is left after a grace.
 
-This file is also the watchdog program itself: it runs as `python -S watchdog.py FD`, in its own
-session (Ctrl-C in the terminal does not reach it), with nothing but the standard library.
+Process groups miss a daemon that called `setsid`: the watchdog also kills the run's cgroup, or
+every process carrying the run's marker (manager/descendants.py says which and why). Then it
+removes the run's folders (manager/runtimedir.py) unless a new manager holds the lock already.
+
+This file is also the watchdog program itself: it runs as
+`python -S watchdog.py FD [--cgroup PATH | --marker RUN] [--workers-dir D] [--instance-dir D]`, in
+its own session (Ctrl-C in the terminal does not reach it), with nothing but the standard library.
 """
 from __future__ import annotations
 
@@ -25,14 +30,32 @@ class Watchdog:
     def __init__(self):
         self._w: int | None = None
         self.proc: subprocess.Popen | None = None
+        self.descendants = None  # descendants.Descendants, once started
 
-    def start(self) -> None:
+    def start(self, workers_dir=None, instance_dir=None) -> str:
+        """Start the watchdog; returns the log line that says how descendants are tracked."""
+        from .descendants import Descendants
+
+        self.descendants = Descendants()
+        line = self.descendants.start()
+        args = self.descendants.watchdog_args()
+        if workers_dir is not None:
+            args += ["--workers-dir", str(workers_dir)]
+        if instance_dir is not None:
+            args += ["--instance-dir", str(instance_dir)]
         r, w = os.pipe()
         self.proc = subprocess.Popen(
-            [sys.executable, "-S", os.path.abspath(__file__), str(r)], pass_fds=[r],
+            [sys.executable, "-S", os.path.abspath(__file__), str(r), *args], pass_fds=[r],
             stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        self.descendants.known.add(self.proc.pid)
         os.close(r)
         self._w = w
+        return line
+
+    def stop_descendants(self) -> None:
+        """The workers are stopped: kill whatever they left (setsid'd daemons)."""
+        if self.descendants is not None:
+            self.descendants.stop()
 
     def _send(self, line: bytes) -> None:
         if self._w is not None:
@@ -48,7 +71,9 @@ class Watchdog:
         self._send(b"-%d\n" % pgid)
 
     def close(self) -> None:
-        """Normal end: every worker is gone already; the watchdog exits on EOF."""
+        """Normal end: every worker is gone already; the watchdog exits on EOF (told first that
+        the manager removes its folders itself)."""
+        self._send(b"=\n")
         if self._w is not None:
             os.close(self._w)
             self._w = None
@@ -80,7 +105,30 @@ def _alive(pgid: int) -> bool:
     return False
 
 
-def main(fd: int) -> None:
+def _options(argv: list[str]) -> dict[str, str]:
+    out = {}
+    for i in range(0, len(argv) - 1, 2):
+        if argv[i].startswith("--"):
+            out[argv[i][2:]] = argv[i + 1]
+    return out
+
+
+def _clean(opts: dict[str, str]) -> None:
+    """After the groups: what left them, then the run's folders."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import descendants  # both stdlib-only, imported by path (no site-packages under -S)
+    import runtimedir
+
+    if "cgroup" in opts:
+        descendants.kill_cgroup(opts["cgroup"])
+        descendants.remove_cgroup(opts["cgroup"], wait=GRACE)
+    elif "marker" in opts:
+        descendants.kill_marked(opts["marker"])
+    runtimedir.remove_run(opts.get("workers-dir"), opts.get("instance-dir"))
+
+
+def main(fd: int, opts: dict[str, str] | None = None) -> None:
+    opts = opts or {}
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)
     groups: set[int] = set()
@@ -101,8 +149,9 @@ def main(fd: int) -> None:
                 groups.add(int(line[1:]))
             elif line[:1] == b"-":
                 groups.discard(int(line[1:]))
-    if not groups:
-        return
+            elif line == b"=":
+                opts.pop("workers-dir", None)
+                opts.pop("instance-dir", None)
     for g in groups:
         try:
             os.killpg(g, signal.SIGTERM)
@@ -118,7 +167,8 @@ def main(fd: int) -> None:
             os.killpg(g, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    _clean(opts)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), _options(sys.argv[2:]))

@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .descendants import MARKER
 from .states import WORKER_TRANSITIONS, WorkerState, check_transition
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ class Worker:
         self.output: deque[str] = deque(maxlen=OUTPUT_TAIL)
         self.rss = 0
         self.mem_checked = 0.0
+        self.mem_quick = 0.0   # when memory_limit was last checked after a request
         self.recycling = False
         self._exit_task: asyncio.Task | None = None
         self._readers: list[asyncio.Task] = []
@@ -123,6 +125,8 @@ class Worker:
         self._held: list | None = None  # output kept back while it retries a failed start (_release)
         self._printer = None
         self.probe = probe_request(getattr(pool.app, "ready_check", "OPTIONS *"))
+        self.seq = 0           # its number in manager.descendants (marker, cgroup folder)
+        self.cgroup: str | None = None
 
     def __repr__(self) -> str:
         return f"<Worker {self.app}#{self.id} pid={self.pid} {self.state.value}>"
@@ -151,16 +155,27 @@ class Worker:
         kw = {}
         if user is not None:
             kw.update(user.spawn_kwargs(asyncio.get_running_loop()))  # uvloop needs a preexec_fn
+        env = spec.env
+        desc = getattr(watchdog, "descendants", None)  # what setsid cannot leave (issue 11, item 9)
+        if desc is not None:
+            self.seq = desc.next_seq()
+            self.cgroup = desc.worker_cgroup(self.seq)
+            kw = desc.spawn_kwargs(kw, self.cgroup)
+            env = dict(env, **{MARKER: desc.marker(self.seq)})
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *spec.argv, cwd=spec.cwd, env=spec.env, stdin=asyncio.subprocess.DEVNULL,
+                *spec.argv, cwd=spec.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True, **kw)
         except OSError as e:
+            if desc is not None:
+                desc.worker_ended(self.seq, self.cgroup)
             raise StartFailure(self.app, "spawn", f"cannot run {spec.argv[0]}: {e.strerror or e}",
                                command=self.command, cwd=spec.cwd,
                                hints=["Check the interpreter path (`python:`, `ruby:`, `node:`) and the app's root."])
         self.pid = self.proc.pid
         watchdog.add(self.pid)
+        if desc is not None:
+            desc.known.add(self.pid)
         loop = asyncio.get_running_loop()
         self._readers = [loop.create_task(self._read(self.proc.stdout, printer, "out")),
                          loop.create_task(self._read(self.proc.stderr, printer, "err"))]
@@ -266,6 +281,10 @@ class Worker:
             os.killpg(self.pid, signal.SIGKILL)  # whatever the worker started goes with it
         except (ProcessLookupError, PermissionError):
             pass
+        desc = getattr(watchdog, "descendants", None)
+        if desc is not None:  # and whatever left the group (setsid) too
+            desc.worker_ended(self.seq, self.cgroup)
+            desc.known.discard(self.pid)
         watchdog.remove(self.pid)
         for conn in self.idle:
             if conn.transport is not None:

@@ -95,6 +95,7 @@ class FrontProtocol(BaseProtocol):
         self.proxy.connections.add(self)
         self.idle_since = self.loop.time()
         if lst.count > self.proxy.max_connections:
+            lst.refused(self.proxy.max_connections)
             self.keep_alive = False
             self._send_error(503, "This server has too many open connections.")
             return

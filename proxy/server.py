@@ -9,6 +9,7 @@ import asyncio
 import ipaddress
 import itertools
 import logging
+import time
 import os
 import secrets
 import socket
@@ -35,6 +36,18 @@ class Listener:
         self.count = 0
         self.server: asyncio.AbstractServer | None = None
         self.tls: ListenerTLS | None = None
+        self.refused_n = 0          # connections refused at max_connections since the last log line
+        self.refused_logged = -1e9
+
+    def refused(self, limit: int) -> None:
+        """A connection got 503 at max_connections: say so, at most every 10 s (with the count)."""
+        self.refused_n += 1
+        now = time.monotonic()
+        if now - self.refused_logged >= 10:
+            log.warning("%s: %d connection(s) refused with 503: max_connections (%d) reached",
+                        self, self.refused_n, limit)
+            self.refused_n = 0
+            self.refused_logged = now
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.address}" if self.address.kind == "tcp" else str(self.address)
