@@ -20,7 +20,7 @@ def test_version_comes_from_the_package_metadata():
 def test_check_into_a_pipe_closed_early_ends_quietly(tmp_path):
     """`check | head -1` with a routing table far larger than a pipe holds."""
     app = copy_app("wsgi_echo", tmp_path)
-    apps = "".join(f"  - {{name: a{i}, root: {app}, path: /a{i}, min_processes: 0}}\n" for i in range(1500))
+    apps = "".join(f"  - {{name: a{i}, root: {app}, path: /a{i}, min_processes: 0, user: root}}\n" for i in range(1500))
     cfg = tmp_path / "sites.yaml"
     cfg.write_text("apps:\n" + apps)
     cmd = " ".join(cli_command()) + f" check --config {cfg} | head -1"

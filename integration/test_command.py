@@ -120,7 +120,7 @@ def test_a_bad_ready_check_is_a_config_error_naming_the_key(apps_dir, tmp_path):
     cfg = tmp_path / "sites.yaml"
     cfg.write_text(yaml.safe_dump({"apps": [app_config("c", apps_dir, type="command", command=["true"],
                                                        ready_check="/health")]}))
-    r = run_cli("check", "--config", str(cfg), cwd=tmp_path)
+    r = run_cli("check", "--config", str(cfg))
     assert r.returncode == 2, r
     assert "apps[0] (c).ready_check: must be 'OPTIONS *', a method and a path" in r.stderr
     assert "Traceback" not in r.stderr
