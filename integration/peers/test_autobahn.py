@@ -2,9 +2,9 @@
 the virtualenv .ci/setup-peers makes) against a plain echo app in each language, directly and
 through passenger-lite, in one wstest run per language (two agents: `direct`, `passenger-lite`).
 
-Fails on any case FAILED through passenger-lite but not directly, and on any case whose close code
-through passenger-lite is not the one it gets directly. OK and NON-STRICT (and INFORMATIONAL) flip
-with timing even directly: those are not compared.
+Fails on any case FAILED through passenger-lite but not directly, and on any case that ends through
+passenger-lite without the close code it gets directly. OK and NON-STRICT (and INFORMATIONAL) flip
+with timing even directly, as does a close code lost directly: those are printed, not failed on.
 
 The cases (CASES below; ~10-20 s a run instead of ~40 s, and minutes with compression): every
 case of sections 1-7 (framing, pings, reserved bits, opcodes, fragmentation, UTF-8, close
@@ -111,7 +111,11 @@ def test_autobahn_fuzzingclient_through_passenger_lite_as_directly(make_server, 
         if b["behavior"] == "FAILED" and a["behavior"] != "FAILED":
             failed.append(f"{case}: FAILED ({b['behaviorClose']}), directly {a['behavior']}")
         elif a["remoteCloseCode"] != b["remoteCloseCode"]:
-            close_lost.append(f"{case}: close code {b['remoteCloseCode']}, directly {a['remoteCloseCode']}")
+            line = f"{case}: close code {b['remoteCloseCode']}, directly {a['remoteCloseCode']}"
+            if a["remoteCloseCode"] is None:  # lost directly (timing), arrived through passenger-lite
+                flips.append(line)
+            else:
+                close_lost.append(line)
         elif a["behavior"] != b["behavior"]:
             flips.append(f"{case}: {a['behavior']} directly, {b['behavior']} through passenger-lite")
     count = {agent: sum(1 for v in r.values() if v["behavior"] not in ("FAILED", "UNIMPLEMENTED"))
@@ -119,7 +123,7 @@ def test_autobahn_fuzzingclient_through_passenger_lite_as_directly(make_server, 
     print(f"\nautobahn {lang}: {len(d)} cases; not FAILED: directly {count['direct']}, "
           f"through passenger-lite {count['passenger-lite']}")
     for line in flips:
-        print(f"  behaviour differs, same close code (not failed on): {line}")
+        print(f"  differs, not failed on: {line}")
     assert not failed and not close_lost, (failed + close_lost, s.logs()[-3000:])
     # after the whole run the app is idle, nothing queued, and serves a request at once
     poll_until(lambda: (st := s.app_status("ws"))["queue"] == 0 and all(w["in_flight"] == 0 for w in st["workers"]),
