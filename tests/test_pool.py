@@ -348,3 +348,18 @@ def test_load_never_takes_the_surge_slot_of_a_restart():
     r.acquire()
     r.acquire("waits")
     assert loop.tasks == []                                # at max_processes: it waits, no extra worker
+
+
+def test_min_uptime_key_has_a_default_and_is_validated(tmp_path):
+    from passenger_lite.manager import config
+    from passenger_lite.spawners.registry import default_registry
+
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "wsgi.py").write_text("def application(e, s):\n    pass\n")
+    p = tmp_path / "sites.yaml"
+    p.write_text("apps:\n  - name: a\n    root: ./app\n")
+    assert config.load(p, default_registry()).apps[0].min_uptime == 5
+    p.write_text("apps:\n  - name: a\n    root: ./app\n    min_uptime: -1\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(p, default_registry())
+    assert [(x.key, x.line) for x in e.value.problems] == [("apps[0] (a).min_uptime", 4)]
