@@ -47,6 +47,7 @@ BACKOFF_BASE = 0.5      # seconds; doubles per failure, with +-25 % jitter
 BACKOFF_MAX = 30.0
 FAILED_RETRY = 60.0     # a failed app is tried again after this long (or on restart)
 MEMORY_CHECK_EVERY = 2.0
+DRAIN_KILL_AFTER = 3.0  # past shutdown_timeout: the proxy closes its WebSockets (1001) and timeouts first
 LIVENESS_IDLE = 5.0     # an idle worker is probed after this long without a request, and this often
 LIVENESS_TIMEOUT = 10.0  # ...and must answer within response_timeout, at most this
 CONFIRM_EXIT = 1.0      # a worker reported unreachable or hung: wait this long to see whether it exited
@@ -80,6 +81,7 @@ class AppPool:
         self._next_id = 1
         self._retry_handle: asyncio.TimerHandle | None = None
         self._surge = 0                    # extra workers allowed during a rolling restart
+        self._backoff_queues = False       # in backoff after an exit within min_uptime: requests wait
         self.configure(app)
 
     def configure(self, app: "AppConfig") -> None:
@@ -131,7 +133,8 @@ class AppPool:
             if not self.concurrency and w.in_flight > self.app.scale_threshold:
                 self._scale_unlimited()
             return w
-        if not self.ready and self.state in (AppState.FAILED, AppState.BACKOFF) and not self.starting:
+        if (not self.ready and not self.starting and (self.state is AppState.FAILED or (
+                self.state is AppState.BACKOFF and not self._backoff_queues))):
             raise Unavailable(503, f"The application {self.name!r} could not be started.", self.last_failure)
         if self.stopping:
             raise Unavailable(503, "The application is shutting down.")
@@ -276,8 +279,13 @@ class AppPool:
             self._spawn_ended(w)
             self._start_failed(StartFailure(self.name, "spawn", f"{type(e).__name__}: {e}"))
             return None
+        self._became_ready(w, t0)
+        return w
+
+    def _became_ready(self, w: Worker, t0: float) -> None:
+        """`w` answered its readiness probe (it is READY): its spawn ends, the queue gets it."""
         self._spawn_ended(w)
-        log.info("%s: worker #%d (pid %s) ready in %d ms", self.name, wid, w.pid,
+        log.info("%s: worker #%d (pid %s) ready in %d ms", self.name, w.id, w.pid,
                  (time.monotonic() - t0) * 1000)
         if not self.min_uptime:
             self._proven(w)
@@ -285,14 +293,16 @@ class AppPool:
             self._set_state(AppState.RUNNING)
         if self.stopping:
             self.loop.create_task(w.stop(self.shutdown_timeout, "shutting down"))
-            return w
+            return
         if self.queue:
             self._dispatch_queue()
             if self.queue:
                 self._maybe_spawn()
-        return w
 
-    def _start_failed(self, f: StartFailure) -> None:
+    def _start_failed(self, f: StartFailure, after_ready: bool = False) -> None:
+        """A failed start: back off, or mark the app failed. `after_ready`: the worker booted and
+        exited within min_uptime; until the app is marked failed, requests wait for the next try
+        (it may have been one crash) instead of getting 503 at once as for a boot failure."""
         if self.stopping:  # stopped while starting: not a failure of the app
             return
         self.failures += 1
@@ -310,7 +320,8 @@ class AppPool:
             if not self.ready:
                 self._set_state(AppState.BACKOFF)
             log.info("%s: next start in %.1f s", self.name, delay)
-        if not self.ready:  # nobody can serve the waiting requests: tell them now
+        self._backoff_queues = after_ready and self.state is not AppState.FAILED
+        if not self.ready and not self._backoff_queues:  # nobody can serve the waiting requests: tell them now
             self._fail_queue(503, f"The application {self.name!r} could not be started.", f)
         self._schedule_retry(delay)
 
@@ -389,7 +400,7 @@ class AppPool:
                     self.name, "start", f"the worker exited {up:.1f} s after it became ready ({_exit_text(w)}); "
                     f"an exit within min_uptime ({self.min_uptime:g} s) counts as a failed start",
                     command=w.command, cwd=w.cwd, exit=_exit_text(w), output="\n".join(w.output),
-                    hints=hints_for("\n".join(w.output))))
+                    hints=hints_for("\n".join(w.output))), after_ready=True)
             else:
                 self.ensure_min()
         if self.queue:
@@ -432,7 +443,8 @@ class AppPool:
 
     def _drain(self, w: Worker, why: str) -> None:
         """No new requests for `w`; it stops once its requests end, or is killed (with its process
-        group) shutdown_timeout after it began draining."""
+        group) shutdown_timeout after it began draining (plus DRAIN_KILL_AFTER, so that the proxy's
+        own end of a drain, 1001 to WebSockets, comes first)."""
         if w.state is W.READY:
             w.stop_reason = why
             w.set_state(W.DRAINING, why)
@@ -440,7 +452,7 @@ class AppPool:
             return
         if w.drain_timer is None:
             w.drain_deadline = self.loop.time() + self.shutdown_timeout
-            w.drain_timer = self.loop.call_later(self.shutdown_timeout, self._drain_expired, w)
+            w.drain_timer = self.loop.call_later(self.shutdown_timeout + DRAIN_KILL_AFTER, self._drain_expired, w)
         if not w.in_flight and not w.confirming:
             self.loop.create_task(w.stop(self._grace(w), why))
 
@@ -541,6 +553,8 @@ class AppPool:
                 return "failed"
             if old.state is W.READY:
                 self._drain(old, why)
+                if not old.in_flight:  # its slot is free again before the next replacement asks
+                    await old.wait_exit()
             return "replaced"
         if old.state is not W.READY or self.stopping:
             return "gone"

@@ -296,26 +296,36 @@ def test_a_crash_within_min_uptime_is_a_failed_start_and_backs_off_to_failed(mon
     clock = [1000.0]
     monkeypatch.setattr(poolmod.time, "monotonic", lambda: clock[0])
     r, pool, loop = make_run(0, min_processes=1, min_uptime=5)
+    pool.ensure_min()
+    r.check()
+    waiting = []
     for n in range(1, FAIL_LIMIT + 1):
-        w = pool._new_worker()
-        w.pid = 20_000 + n
+        w = pool.workers[-1]
+        assert w.state is W.STARTING and pool.starting == 1
+        w.pid = 20_000 + n                                   # it boots and answers its probe...
         w.output.append("about to die")
-        pool._spawn_ended(w)
         w.ready_mono = clock[0]
         w.set_state(W.READY)
-        pool._set_state(AppState.RUNNING)
+        pool._became_ready(w, clock[0])
+        assert all(ex.worker is w for ex in waiting[-1:])      # (the request that waited is served)
+        for ex in waiting[-1:]:
+            r.release(ex)
         r.check()
         clock[0] += 1.0
-        r.exit(w, code=1)
+        r.exit(w, code=1)                                    # ... and exits a second later
         assert pool.failures == n and pool.crashes == n and pool.failed_starts == n
         assert "within min_uptime (5 s)" in pool.last_failure.message
         assert "about to die" in pool.last_failure.output
         if n < FAIL_LIMIT:
             assert pool.state is AppState.BACKOFF
-            with pytest.raises(Unavailable) as e:  # the error page has the reason
-                r.acquire()
-            assert e.value.problem is pool.last_failure
-    assert pool.state is AppState.FAILED
+            waiting.append(r.acquire())  # it may have been one crash: requests wait for the next try
+            assert waiting[-1] in pool.queue and pool.starting == 0
+            loop.fire("_retry")                              # the backoff delay has passed
+            r.check()
+    assert pool.state is AppState.FAILED and pool.starting == 0
+    with pytest.raises(Unavailable) as e:  # now 503 at once, the error page with the reason
+        r.acquire()
+    assert e.value.problem is pool.last_failure and "min_uptime" in e.value.problem.message
 
 
 def test_a_worker_that_stays_up_min_uptime_resets_the_failures(monkeypatch):
