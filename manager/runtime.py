@@ -53,6 +53,11 @@ class Runtime:
         loop = asyncio.get_running_loop()
         self.commands = asyncio.Queue()
         async with contextlib.AsyncExitStack() as stack:
+            # first in, last out: a second SIGTERM during the stop only queues a command, it does not
+            # kill the manager halfway through stopping its workers
+            for sig, cmd in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload")):
+                loop.add_signal_handler(sig, self.commands.put_nowait, (cmd, None))
+                stack.callback(loop.remove_signal_handler, sig)
             self.instance = Instance(self.site.path)
             self.instance.lock()
             stack.callback(self.instance.unlock)
@@ -73,9 +78,6 @@ class Runtime:
             for extra in self._extras():
                 await extra.start()
                 stack.push_async_callback(extra.stop)
-            for sig, cmd in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload")):
-                loop.add_signal_handler(sig, self.commands.put_nowait, (cmd, None))
-                stack.callback(loop.remove_signal_handler, sig)
             if self.startup_display is not None:
                 await self.startup_display(self)
             else:
