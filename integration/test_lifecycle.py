@@ -379,8 +379,33 @@ def test_a_drain_ends_at_shutdown_timeout_and_the_next_restart_gets_its_slot(mak
     assert time.monotonic() - t0 < 20, "the drain ended at shutdown_timeout, not with its 30 s request"
     assert busy not in [w["pid"] for w in s.app_status("a")["workers"]]
     assert "still in flight after shutdown_timeout (2 s) of draining" in s.logs()
+    assert "in place" not in s.logs()  # the restart waited for the slot the drain freed
     st = settled(s, "a", 2)
     assert s.status()["workers"] == 2 and st["restarts"] == 2
+
+
+def test_a_restart_with_no_slot_beside_its_workers_replaces_them_in_place_and_says_so(make_server, apps_dir):
+    """Another app's worker drains for its own (long) shutdown_timeout and holds the surge slot."""
+    root = copy_app("wsgi_echo", apps_dir)
+    s = make_server({"max_pool_size": 2, "shutdown_timeout": 1, "apps": [
+        app_config("a", root), app_config("b", root, path="/b", shutdown_timeout=30)]})
+    def busy():
+        try:
+            s.get("/b/slow?t=20", timeout=60)
+        except OSError:  # cut when the server stops: that is not what this test is about
+            pass
+    threading.Thread(target=busy, daemon=True).start()
+    poll_until(lambda: s.app_status("b")["workers"][0]["in_flight"], what="b busy")
+    assert s.cli("restart", "b").returncode == 0  # its old worker drains with the request: 3 of 2 workers
+    assert [w["state"] for w in s.app_status("b")["workers"]] == ["draining", "ready"]
+    before = pids(s, "a")
+    status, data = s.control("POST", "/restart/a")
+    assert status == 200 and data["ok"], data
+    assert "1 replaced in place" in data["result"], data
+    assert pids(s, "a") and not set(pids(s, "a")) & set(before)
+    assert "replacing it in place" in s.logs()
+    assert s.status()["workers"] <= 3
+    settled(s, "a", 1)
 
 
 def test_restart_with_a_full_pool_while_the_app_scales_under_load(make_server, apps_dir):

@@ -51,7 +51,7 @@ DRAIN_KILL_AFTER = 3.0  # past shutdown_timeout: the proxy closes its WebSockets
 LIVENESS_IDLE = 5.0     # an idle worker is probed after this long without a request, and this often
 LIVENESS_TIMEOUT = 10.0  # ...and must answer within response_timeout, at most this
 CONFIRM_EXIT = 1.0      # a worker reported unreachable or hung: wait this long to see whether it exited
-SLOT_WAIT_EXTRA = 2.0   # a restart waits shutdown_timeout plus this for a slot beside the old worker
+SLOT_WAIT_EXTRA = DRAIN_KILL_AFTER + 2.0  # a restart waits shutdown_timeout plus this for a slot beside the old worker
 
 
 class AppPool:
