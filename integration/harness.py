@@ -158,6 +158,7 @@ class Server:
         if self.proc is None:
             return 0
         self.track()
+        broken = self.invariant_problems() if self.proc.poll() is None else None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
@@ -170,7 +171,16 @@ class Server:
         finally:
             self._log.close()
         self.assert_no_leftovers()
+        assert not broken, f"pool invariants broken before stop: {broken}\n{self.logs()[-3000:]}"
         return code
+
+    def invariant_problems(self) -> dict | None:
+        """AppPool.check_invariants() of every app ({} when all hold); None when the manager
+        does not answer (not started, or stopping)."""
+        try:
+            return self.control("GET", "/invariants", timeout=5)[1]["problems"]
+        except (OSError, ValueError, KeyError, http.client.HTTPException):
+            return None
 
     def leftovers(self, grace: float = 5.0) -> list[psutil.Process]:
         deadline = time.monotonic() + grace

@@ -310,6 +310,10 @@ class AppConfig(_Model):
     max_queue: int = Field(default=100, ge=0, description="Requests that may wait for a worker before 503.")
     queue_timeout: float = Field(default=30, gt=0, description="Seconds a request may wait for a worker before 504.")
     start_timeout: float = Field(default=60, gt=0, description="Seconds a worker may take to become ready.")
+    min_uptime: float = Field(
+        default=5, ge=0,
+        description="Seconds a worker must stay up after it became ready; an exit sooner counts as a failed "
+                    "start (backoff, then failed), as supervisor's startsecs. 0 = off.")
     response_timeout: float = Field(default=300, gt=0,
                                     description="Seconds a worker may take to start its response before 504.")
     idle_timeout: float = Field(default=300, ge=0,

@@ -1,6 +1,7 @@
 """The control socket: small JSON over HTTP on a Unix socket in the private runtime folder.
 
     GET  /status          the manager's state (see README, `passenger-lite status --json`)
+    GET  /invariants      AppPool.check_invariants() of every app, against the proxy's open exchanges
     POST /restart/{app}   rolling restart of one app
     POST /reload          re-read the config file
     POST /stop            graceful stop
@@ -38,6 +39,7 @@ class ControlServer:
     async def start(self, path: Path) -> None:
         app = web.Application(middlewares=[_peer_check])
         app.router.add_get("/status", self.status)
+        app.router.add_get("/invariants", self.invariants)
         app.router.add_post("/restart/{app}", self.restart)
         app.router.add_post("/reload", self.reload)
         app.router.add_post("/stop", self.stop_cmd)
@@ -72,6 +74,22 @@ class ControlServer:
                     w.rss = rss_of(w.pid, psutil) if w.alive else 0
         return web.json_response(self.runtime.status())
 
+    async def invariants(self, request: web.Request) -> web.Response:
+        rt = self.runtime
+        held: dict = {}
+        if rt.proxy is not None:  # every exchange that holds a worker: a connection's, a WebSocket's
+            exchanges = {id(c.ex): c.ex for c in rt.proxy.connections if c.ex is not None}
+            exchanges.update((id(t.ex), t.ex) for t in rt.proxy.tunnels)
+            for ex in exchanges.values():
+                if ex.worker is not None:
+                    held[ex.worker] = held.get(ex.worker, 0) + 1
+        problems = {}
+        for name, pool in (rt.poolset.pools.items() if rt.poolset is not None else ()):
+            found = pool.check_invariants({w: n for w, n in held.items() if w.pool is pool})
+            if found:
+                problems[name] = found
+        return web.json_response({"ok": not problems, "problems": problems})
+
     async def restart(self, request: web.Request) -> web.Response:
         name = request.match_info["app"]
         pool = self.runtime.poolset.pools.get(name)
@@ -80,8 +98,8 @@ class ControlServer:
             return web.json_response({"ok": False, "error": f"no app named {name!r} (apps: {known})"}, status=404)
         ok = await pool.restart("restart command")
         f = pool.last_failure
-        return web.json_response({"ok": ok, "app": name,
-                                  "error": None if ok else (f.message if f else "the new workers failed to start")})
+        return web.json_response({"ok": ok, "app": name, "result": pool.last_restart_result,
+                                  "error": None if ok else (f.message if f else pool.last_restart_result)})
 
     async def reload(self, request: web.Request) -> web.Response:
         result = await self.runtime.request("reload")

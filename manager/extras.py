@@ -1,7 +1,7 @@
 """Optional parts of a running manager (access log, metrics, file watcher), each with start/stop.
 
 The runtime starts them after the proxy and the control socket, in this order, and stops them in
-reverse before the proxy drains. An extra may also have `reconfigure(site)`, called after a
+reverse after the proxy has drained (so the last requests of a graceful stop are logged and counted). An extra may also have `reconfigure(site)`, called after a
 config reload.
 """
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
     GET /metrics   Prometheus text format (OpenMetrics when the scraper asks for it)
     GET /health    200 when every app has a ready worker or is idle by design (min_processes 0),
-                   503 otherwise; a JSON body says which app is not
+                   503 otherwise (and `"status": "draining"` while stopping); a JSON body says
+                   which app is not
 
 Per request the proxy calls `observe`: a few list increments and two `bisect`s on fixed buckets,
 into plain counters kept here. prometheus_client is used only at scrape time, by a custom
@@ -173,7 +174,9 @@ class Metrics:
             ok = ok and healthy
             apps[name] = {"healthy": healthy, "state": pool.state.value, "ready_workers": len(pool.ready),
                           "detail": why}
-        body = {"status": "ok" if ok else "unavailable", "apps": apps}
+        if self.runtime.draining:  # stopping: a load balancer should send new requests elsewhere
+            ok = False
+        body = {"status": "draining" if self.runtime.draining else "ok" if ok else "unavailable", "apps": apps}
         return web.Response(text=json.dumps(body, indent=1) + "\n", status=200 if ok else 503,
                             content_type="application/json")
 

@@ -33,6 +33,7 @@ class PoolSet:
         self.loop = asyncio.get_running_loop()
         self.pools: dict[str, AppPool] = {}
         self._waiting: list[AppPool] = []  # pools that wanted a slot when max_pool_size was reached
+        self._slot_waiters: list[asyncio.Future] = []  # restarts waiting for a slot (wait_for_slot)
         self._sock_seq = 0
         self._dirs: WorkerDirs | None = None  # the per-worker socket folders under workers_dir
         self._sweeper: asyncio.TimerHandle | None = None
@@ -88,8 +89,11 @@ class PoolSet:
         """Room for one more worker under max_pool_size? When full, stop the longest-idle worker
         of another app that has more than its min_processes (Passenger's behaviour) and say no
         for now: the pool is told when a slot frees up."""
-        # rolling restarts and recycling may go one worker per app over the limit meanwhile
-        limit = self.site.config.max_pool_size + sum(p._surge for p in self.pools.values())
+        # rolling restarts and recycling may go one worker per app over the limit meanwhile; that
+        # slot is the replacement's only, never one more worker for the load
+        limit = self.site.config.max_pool_size
+        if surge:
+            limit += sum(p._surge for p in self.pools.values())
         if self.live_count() < limit:
             return True
         victims = [w for p in self.pools.values() if p is not pool and len(p.live) > p.min
@@ -103,7 +107,23 @@ class PoolSet:
             self._waiting.append(pool)
         return False
 
+    async def wait_for_slot(self, timeout: float) -> None:
+        """Until a worker ends somewhere (a slot may be free), or `timeout`."""
+        fut = self.loop.create_future()
+        self._slot_waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if fut in self._slot_waiters:
+                self._slot_waiters.remove(fut)
+
     def slot_freed(self) -> None:
+        waiters, self._slot_waiters = self._slot_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
         waiting, self._waiting = self._waiting, []
         for p in waiting:
             if p.queue:

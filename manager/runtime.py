@@ -1,9 +1,11 @@
 """Wiring and the start/stop order of one front process.
 
 Start: lock the instance folder -> watchdog -> pools -> proxy listeners -> control socket ->
-min_processes spawned. Stop (SIGTERM, SIGINT, `passenger-lite stop`): listeners closed ->
-in-flight requests finish (up to shutdown_timeout) -> workers stopped (TERM, then KILL) ->
-control socket -> watchdog -> lock. Each step is undone even if a later one failed.
+extras (access log, metrics) -> min_processes spawned. Stop (SIGTERM, SIGINT, `passenger-lite
+stop`): listeners closed -> in-flight requests finish (up to shutdown_timeout; the access log,
+metrics and /health, which says `draining`, still see them) -> extras -> control socket ->
+workers stopped (TERM, then KILL) -> watchdog -> lock. Each step is undone even if a later one
+failed.
 
 Signal handlers only put a command on a queue; the main loop acts on it (gunicorn's rule).
 """
@@ -44,12 +46,19 @@ class Runtime:
         self.instance: Instance | None = None
         self.extras: list = []  # (start, stop) add-ons: metrics, access log, watcher...
         self.startup_display = startup_display
+        self.draining = False  # stopping: the listeners are closed, in-flight requests finish
+        self._drained = False
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.commands = asyncio.Queue()
         _raise_open_files_limit(self.site)
         async with contextlib.AsyncExitStack() as stack:
+            # first in, last out: a second SIGTERM during the stop only queues a command, it does not
+            # kill the manager halfway through stopping its workers
+            for sig, cmd in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload")):
+                loop.add_signal_handler(sig, self.commands.put_nowait, (cmd, None))
+                stack.callback(loop.remove_signal_handler, sig)
             self.instance = Instance(self.site.path)
             self.instance.lock()
             stack.callback(self.instance.unlock)
@@ -73,9 +82,6 @@ class Runtime:
             for extra in extras:
                 await extra.start()
                 self.extras.append(extra)
-            for sig, cmd in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload")):
-                loop.add_signal_handler(sig, self.commands.put_nowait, (cmd, None))
-                stack.callback(loop.remove_signal_handler, sig)
             if self.startup_display is not None:
                 await self.startup_display(self)
             else:
@@ -92,6 +98,7 @@ class Runtime:
                     result = await self.reload()
                     if reply is not None:
                         reply.set_result(result)
+            await self._drain_proxy()  # before the extras stop: they see the last requests
         log.info("stopped")
         return 0
 
@@ -110,6 +117,10 @@ class Runtime:
         self.extras = []
 
     async def _drain_proxy(self) -> None:
+        if self._drained:
+            return
+        self._drained = True
+        self.draining = True
         await self.proxy.close_listeners()
         await self.proxy.drain(self.site.config.shutdown_timeout)
 
@@ -196,6 +207,7 @@ class Runtime:
             "started_at": self.started_at,
             "uptime_s": round(time.time() - self.started_at, 1),
             "listen": self.proxy.urls() if self.proxy else [],
+            "draining": self.draining,
             "max_pool_size": self.site.config.max_pool_size,
             "workers": self.poolset.live_count() if self.poolset else 0,
             "apps": self.poolset.snapshot() if self.poolset else [],

@@ -116,6 +116,16 @@ class Worker:
         self.mem_checked = 0.0
         self.mem_quick = 0.0   # when memory_limit was last checked after a request
         self.recycling = False
+        # pool bookkeeping (manager/pool.py)
+        self.spawning = False     # its spawn is in progress: counted in pool.starting until it ends
+        self.fault = ""           # why the pool took it out of rotation for a fault (crash, hang)
+        self.confirming = False   # reported failed; waiting a moment to see whether it exited
+        self.drain_timer = None   # kills it shutdown_timeout after it began draining
+        self.drain_deadline = 0.0
+        self.handover = False     # replaced in place: its slot under max_pool_size goes to the replacement
+        self.proven = False       # stayed up min_uptime after it became ready
+        self.probing = False      # a liveness probe is on its way
+        self.probed = 0.0         # when the last liveness probe ended (monotonic)
         self._exit_task: asyncio.Task | None = None
         self._readers: list[asyncio.Task] = []
         self.command = ""
@@ -316,6 +326,13 @@ class Worker:
             log.warning("%s (pid %s) did not stop within %g s: killing it", self.label, self.pid, timeout)
             self._signal(signal.SIGKILL)
             await asyncio.shield(self._exit_task)
+
+    async def wait_exit(self, timeout: float | None = None) -> bool:
+        """True once the process has exited and its exit was handled (False after `timeout`)."""
+        if self._exit_task is None:
+            return True
+        done, _ = await asyncio.wait([self._exit_task], timeout=timeout)
+        return bool(done)
 
     async def kill(self) -> None:
         self._signal(signal.SIGKILL)

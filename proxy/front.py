@@ -632,8 +632,8 @@ class FrontProtocol(BaseProtocol):
                 if conn.transport is not None:
                     conn.transport.abort()
                 why = f"no response within {ex.pool.response_timeout:g} s"
-                # a worker of concurrency 1 stays busy with it: replace it rather than queue more behind it
-                ex.release_worker(failed=ex.worker is not None and ex.worker.concurrency == 1, reason=why)
+                # the worker may be hung (any concurrency): the pool takes it out and replaces it
+                ex.release_worker(failed=True, reason=why)
                 self.error(ex, 504, "", detail=why, close=not ex.req_done)
             return
         if self.pending or self.closing:

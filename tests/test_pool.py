@@ -1,19 +1,26 @@
-"""Dispatch decisions of AppPool, with fake workers and a scripted clock (no processes)."""
+"""Dispatch decisions of AppPool, with fake workers and a scripted clock (no processes).
+
+Every step goes through `Run`, which checks AppPool.check_invariants() (against the exchanges
+the test holds) after it, as Passenger's unit tests verify a Group after every event.
+"""
 from types import SimpleNamespace
 
 import pytest
 
 from passenger_lite.manager.config import AppConfig
-from passenger_lite.manager.pool import AppPool
+from passenger_lite.manager.pool import FAIL_LIMIT, AppPool
 from passenger_lite.manager.states import AppState, WorkerState
 from passenger_lite.manager.worker import Worker
 from passenger_lite.proxy.forward import Unavailable
+
+W = WorkerState
 
 
 class FakeLoop:
     def __init__(self):
         self.now = 100.0
         self.tasks = []
+        self.timers = []
 
     def time(self):
         return self.now
@@ -23,20 +30,37 @@ class FakeLoop:
         coro.close()
 
     def call_later(self, delay, fn, *args):
-        return SimpleNamespace(cancel=lambda: None)
+        t = SimpleNamespace(when=self.now + delay, fn=fn, args=args, cancelled=False)
+        t.cancel = lambda: setattr(t, "cancelled", True)
+        self.timers.append(t)
+        return t
+
+    def fire(self, name):
+        """Run the pending timers calling `name` (as if their time had come)."""
+        due = [t for t in self.timers if not t.cancelled and t.fn.__name__ == name]
+        assert due, f"no {name} timer pending"
+        for t in due:
+            self.timers.remove(t)
+            t.fn(*t.args)
 
 
 class FakePoolSet:
     def __init__(self, room=True):
         self.loop = FakeLoop()
-        self.site = SimpleNamespace(config=SimpleNamespace(shutdown_timeout=5))
+        self.site = SimpleNamespace(config=SimpleNamespace(shutdown_timeout=5, max_pool_size=6))
         self.room = room
+        self._waiting = []
 
     def reserve_slot(self, pool, surge=False):
+        if not self.room and pool not in self._waiting:
+            self._waiting.append(pool)
         return self.room
 
+    def new_worker(self, pool, wid):
+        return Worker(pool, wid, f"/nonexistent/{wid}.sock")
+
     def slot_freed(self):
-        pass
+        self._waiting = []
 
 
 class Ex:
@@ -52,6 +76,58 @@ class Ex:
 
     def on_unavailable(self, status, message, problem=None):
         self.unavailable = status
+        self.finished = True
+
+
+class Run:
+    """The pool plus the exchanges the test holds; every step checks the pool's invariants."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.loop = pool.poolset.loop
+        self.exs = []
+
+    def check(self):
+        held = {}
+        for ex in self.exs:
+            if ex.worker is not None:
+                held[ex.worker] = held.get(ex.worker, 0) + 1
+        assert self.pool.check_invariants(held) == []
+
+    def acquire(self, name="x"):
+        ex = Ex(name)
+        self.exs.append(ex)
+        try:
+            w = self.pool.acquire(ex)
+        except Unavailable:
+            ex.finished = True
+            self.check()
+            raise
+        if w is not None:
+            ex.worker = w
+        self.check()
+        return ex
+
+    def release(self, ex, failed=False, reason=""):
+        w, ex.worker = ex.worker, None
+        ex.finished = True
+        self.pool.release(w, failed=failed, reason=reason)
+        self.check()
+
+    def cancel(self, ex):
+        ex.finished = True
+        self.pool.cancel(ex)
+        self.check()
+
+    def exit(self, w, code=-9):
+        """The worker's process ended (what Worker._wait_exit reports)."""
+        w.exit_code = code
+        self.pool.on_worker_exit(w)
+        self.check()
+
+    def sweep(self, mono=0.0):
+        self.pool.sweep(self.loop.now, mono)
+        self.check()
 
 
 def make_pool(n_workers=1, **kw):
@@ -62,90 +138,238 @@ def make_pool(n_workers=1, **kw):
     pool = AppPool(app, spawner=None, poolset=ps)
     for i in range(n_workers):
         w = Worker(pool, i + 1, f"/nonexistent/{i}.sock")
+        w.pid = 10_000 + i
+        w.ready_mono = 1.0
         pool.workers.append(w)
         w.set_state(WorkerState.READY)
+    pool._next_id = n_workers + 1
     pool.state = AppState.RUNNING
+    assert pool.check_invariants({}) == []
     return pool, ps.loop
 
 
+def make_run(n_workers=1, **kw):
+    pool, loop = make_pool(n_workers, **kw)
+    return Run(pool), pool, loop
+
+
 def test_least_busy_worker_with_room_is_chosen():
-    pool, _ = make_pool(3, concurrency=2)
+    r, pool, _ = make_run(3, concurrency=2)
     a, b, c = pool.workers
-    a.in_flight, b.in_flight, c.in_flight = 1, 0, 2
-    assert pool.acquire(Ex("x")) is b
-    assert b.in_flight == 1
-    assert pool.acquire(Ex("y")) in (a, b)
-    assert c.in_flight == 2  # full workers are never picked
+    held = [r.acquire() for _ in range(3)]  # 1 + 1 + 1, then c takes one more below
+    r.release(held[1])
+    r.exs.append(Ex("on c"))
+    c.in_flight += 1
+    r.exs[-1].worker = c
+    r.check()
+    # loads now: a 1/2 or b 1/2 (whichever kept one), c 2/2
+    x = r.acquire("x")
+    assert x.worker is not c and x.worker.in_flight <= 2
+    y = r.acquire("y")
+    assert y.worker is not c  # full workers are never picked
+    assert c.in_flight == 2
 
 
 def test_full_pool_queues_fifo_and_spawns_one_worker():
-    pool, loop = make_pool(1, max_processes=2)
-    first = Ex("first")
-    w = pool.acquire(first)
+    r, pool, loop = make_run(1, max_processes=2)
+    first = r.acquire("first")
+    w = first.worker
     assert w is pool.workers[0]
-    queued = [Ex("q1"), Ex("q2")]
-    assert pool.acquire(queued[0]) is None and pool.acquire(queued[1]) is None
-    assert list(pool.queue) == queued
+    q1, q2 = r.acquire("q1"), r.acquire("q2")
+    assert list(pool.queue) == [q1, q2]
     assert loop.tasks == ["_spawn_one"]      # one start at a time, not one per queued request
-    pool.release(w)
-    assert queued[0].worker is w and queued[1].worker is None
-    pool.release(w)
-    assert queued[1].worker is w
+    assert pool.starting == 1 and pool.workers[1].state is W.STARTING
+    r.release(first)
+    assert q1.worker is w and q2.worker is None
+    r.release(q1)
+    assert q2.worker is w
 
 
 def test_queue_limit_gives_503_and_queue_timeout_gives_504():
-    pool, loop = make_pool(1, max_queue=1, queue_timeout=2, max_processes=1)
-    pool.acquire(Ex("busy"))
-    waiting = Ex("waiting")
-    assert pool.acquire(waiting) is None
+    r, pool, loop = make_run(1, max_queue=1, queue_timeout=2, max_processes=1)
+    r.acquire("busy")
+    waiting = r.acquire("waiting")
+    assert waiting.worker is None
     with pytest.raises(Unavailable) as e:
-        pool.acquire(Ex("too many"))
+        r.acquire("too many")
     assert e.value.status == 503
     loop.now += 1.5
-    pool.sweep(loop.now, 0)
+    r.sweep()
     assert waiting.unavailable is None
     loop.now += 1.0
-    pool.sweep(loop.now, 0)
+    r.sweep()
     assert waiting.unavailable == 504 and not pool.queue
 
 
 def test_cancelled_waiter_is_skipped():
-    pool, _ = make_pool(1, max_processes=1)
-    w = pool.acquire(Ex("busy"))
-    gone, stays = Ex("gone"), Ex("stays")
-    pool.acquire(gone)
-    pool.acquire(stays)
-    pool.cancel(gone)
-    pool.release(w)
+    r, pool, _ = make_run(1, max_processes=1)
+    busy = r.acquire("busy")
+    w = busy.worker
+    gone, stays = r.acquire("gone"), r.acquire("stays")
+    r.cancel(gone)
+    r.release(busy)
     assert stays.worker is w and gone.worker is None
 
 
 def test_unlimited_concurrency_scales_out_past_the_threshold():
-    pool, loop = make_pool(1, concurrency=0, scale_threshold=3, max_processes=3)
+    r, pool, loop = make_run(1, concurrency=0, scale_threshold=3, max_processes=3)
     pool.concurrency = 0
     pool.workers[0].concurrency = 0
     for i in range(3):
-        assert pool.acquire(Ex(str(i))) is pool.workers[0]
+        assert r.acquire(str(i)).worker is pool.workers[0]
     assert loop.tasks == []
-    pool.acquire(Ex("4th"))
+    r.acquire("4th")
     assert loop.tasks == ["_spawn_one"]
 
 
 def test_failed_app_answers_503_at_once():
-    pool, _ = make_pool(0)
+    r, pool, _ = make_run(0)
     pool.state = AppState.FAILED
     with pytest.raises(Unavailable) as e:
-        pool.acquire(Ex("x"))
+        r.acquire("x")
     assert e.value.status == 503
 
 
 def test_draining_worker_takes_no_new_requests():
-    pool, loop = make_pool(2)
+    r, pool, loop = make_run(2)
     a, b = pool.workers
-    a.set_state(WorkerState.DRAINING, "test")
+    pool._drain(a, "test")
+    r.check()
     for _ in range(3):
-        ex = Ex("x")
-        w = pool.acquire(ex)
-        assert w is not a
-        if w:
-            pool.release(w)
+        ex = r.acquire("x")
+        assert ex.worker is not a
+        if ex.worker:
+            r.release(ex)
+
+
+# ---------------------------------------------------------------------------- invariants
+
+
+def test_invariants_catch_a_leaked_checkout_and_a_stuck_queue():
+    """The check can fail: each broken state is named."""
+    pool, loop = make_pool(1, max_processes=1)
+    w = pool.workers[0]
+    w.in_flight = 1  # counted busy, but no exchange holds it (issue 11, item 1)
+    assert any("1 in flight but 0 exchange" in p for p in pool.check_invariants({}))
+    assert pool.check_invariants({w: 1}) == []
+    w.in_flight = 0
+    pool.queue.append(Ex("waits"))  # a request waits while the worker is free
+    assert any("could take one" in p for p in pool.check_invariants({}))
+    pool.ready.clear()               # ... and the ready list no longer matches the states
+    assert any("ready list" in p for p in pool.check_invariants({}))
+    pool.ready.append(w)
+    pool.queue.clear()
+    pool.starting = 1                # a start counted that nobody runs
+    assert any("starting = 1" in p for p in pool.check_invariants({}))
+
+
+# ---------------------------------------------------------------------------- faults (issue 11)
+
+
+def test_a_failed_request_takes_the_worker_out_and_its_exit_counts_as_a_crash():
+    r, pool, loop = make_run(2, min_processes=2, max_processes=2)
+    a, b = pool.workers
+    ex = r.acquire()
+    assert ex.worker is a
+    r.release(ex, failed=True, reason="cannot connect to its socket")
+    assert a.state is W.DRAINING and a not in pool.ready   # out of rotation at once
+    assert loop.tasks == ["_confirm_fault"] and pool.crashes == 0
+    assert r.acquire("next").worker is b
+    r.exit(a)                                               # ... it had died: same as any exit
+    assert pool.crashes == 1 and a not in pool.workers
+    assert loop.tasks[-1] == "_spawn_one" and pool.starting == 1  # replaced, keeping min_processes
+
+
+def test_an_exit_noticed_first_is_handled_the_same():
+    r, pool, loop = make_run(2, min_processes=2, max_processes=2)
+    a, _ = pool.workers
+    ex = r.acquire()
+    r.exit(a)
+    assert pool.crashes == 1 and loop.tasks == ["_spawn_one"]
+    r.release(ex, failed=True, reason="cannot connect")    # the exchange learns later: nothing more
+    assert pool.crashes == 1 and loop.tasks == ["_spawn_one"]
+
+
+def test_a_crash_within_min_uptime_is_a_failed_start_and_backs_off_to_failed(monkeypatch):
+    import passenger_lite.manager.pool as poolmod
+
+    clock = [1000.0]
+    monkeypatch.setattr(poolmod.time, "monotonic", lambda: clock[0])
+    r, pool, loop = make_run(0, min_processes=1, min_uptime=5)
+    pool.ensure_min()
+    r.check()
+    waiting = []
+    for n in range(1, FAIL_LIMIT + 1):
+        w = pool.workers[-1]
+        assert w.state is W.STARTING and pool.starting == 1
+        w.pid = 20_000 + n                                   # it boots and answers its probe...
+        w.output.append("about to die")
+        w.ready_mono = clock[0]
+        w.set_state(W.READY)
+        pool._became_ready(w, clock[0])
+        assert all(ex.worker is w for ex in waiting[-1:])      # (the request that waited is served)
+        for ex in waiting[-1:]:
+            r.release(ex)
+        r.check()
+        clock[0] += 1.0
+        r.exit(w, code=1)                                    # ... and exits a second later
+        assert pool.failures == n and pool.crashes == n and pool.failed_starts == n
+        assert "within min_uptime (5 s)" in pool.last_failure.message
+        assert "about to die" in pool.last_failure.output
+        if n < FAIL_LIMIT:
+            assert pool.state is AppState.BACKOFF
+            waiting.append(r.acquire())  # it may have been one crash: requests wait for the next try
+            assert waiting[-1] in pool.queue and pool.starting == 0
+            loop.fire("_retry")                              # the backoff delay has passed
+            r.check()
+    assert pool.state is AppState.FAILED and pool.starting == 0
+    with pytest.raises(Unavailable) as e:  # now 503 at once, the error page with the reason
+        r.acquire()
+    assert e.value.problem is pool.last_failure and "min_uptime" in e.value.problem.message
+
+
+def test_a_worker_that_stays_up_min_uptime_resets_the_failures(monkeypatch):
+    r, pool, loop = make_run(1, min_uptime=5)
+    w = pool.workers[0]
+    pool.failures = 3
+    r.sweep(mono=w.ready_mono + 1)
+    assert pool.failures == 3 and not w.proven
+    r.sweep(mono=w.ready_mono + 5)
+    assert pool.failures == 0 and w.proven
+
+
+def test_a_drain_ends_at_shutdown_timeout():
+    r, pool, loop = make_run(2)
+    a, _ = pool.workers
+    ex = r.acquire()
+    assert ex.worker is a
+    pool._drain(a, "restart")
+    assert a.state is W.DRAINING and loop.tasks == []       # its request may finish...
+    loop.fire("_drain_expired")                            # ... until shutdown_timeout
+    assert a.state is W.STOPPING and loop.tasks == ["kill"]
+    r.release(ex)
+    assert loop.tasks == ["kill"]
+
+
+def test_load_never_takes_the_surge_slot_of_a_restart():
+    r, pool, loop = make_run(2, max_processes=2)
+    pool._surge = 1                                        # a replacement is on its way
+    r.acquire()
+    r.acquire()
+    r.acquire("waits")
+    assert loop.tasks == []                                # at max_processes: it waits, no extra worker
+
+
+def test_min_uptime_key_has_a_default_and_is_validated(tmp_path):
+    from passenger_lite.manager import config
+    from passenger_lite.spawners.registry import default_registry
+
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "wsgi.py").write_text("def application(e, s):\n    pass\n")
+    p = tmp_path / "sites.yaml"
+    p.write_text("apps:\n  - name: a\n    root: ./app\n")
+    assert config.load(p, default_registry()).apps[0].min_uptime == 5
+    p.write_text("apps:\n  - name: a\n    root: ./app\n    min_uptime: -1\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(p, default_registry())
+    assert [(x.key, x.line) for x in e.value.problems] == [("apps[0] (a).min_uptime", 4)]
