@@ -5,9 +5,17 @@ WebSocket never makes a concurrency-1 worker look free, and concurrency-0 apps s
 Frames are relayed unchanged, so close codes pass through. To close a tunnel ourselves (idle
 timeout, shutdown, its worker draining for longer than shutdown_timeout) we send close frames
 (1001 "going away") on both sides at a frame boundary, which `_Frames` tracks in each direction.
+
+The end of a WebSocket is not lost (issue 11 item 11): a worker that sends its close frame (or a
+last message) and closes while the client is still sending makes our next write toward it fail
+(EPIPE), and the event loop then drops that connection with whatever it had not read yet. So the
+tunnel keeps a duplicate of the worker socket's descriptor, and when the worker's side is lost
+it goes on relaying what is still readable there to the client, with backpressure, until the
+socket ends; only then is the client's side closed.
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
@@ -75,6 +83,14 @@ class Tunnel:
         self.draining_since = 0.0  # when its worker was seen leaving the rotation
         self.to_up = _Frames()     # client -> worker
         self.to_front = _Frames()  # worker -> client
+        self.up_fd = -1            # a dup of the worker socket: what it sent is read to the end
+        self.reading_fd = False
+        try:
+            sock = upstream.transport.get_extra_info("socket")
+            if sock is not None:
+                self.up_fd = os.dup(sock.fileno())
+        except (OSError, AttributeError, ValueError):
+            self.up_fd = -1
         front.tunnel = self
         upstream.tunnel = self
         proxy.tunnels.add(self)
@@ -113,18 +129,69 @@ class Tunnel:
             self.front.transport.resume_reading()
 
     def resume_from_front(self) -> None:  # the client's socket drained
-        if self.up.transport is not None and not self.closed:
+        if self.closed:
+            return
+        if self.up.transport is not None:
             self.up.transport.resume_reading()
+        elif self.up_fd >= 0:
+            self._read_rest()
 
     def front_lost(self) -> None:
         if self.up.transport is not None:
             self.up.transport.close()
         self._end()
 
-    def peer_lost(self) -> None:
+    def peer_lost(self, exc=None) -> None:
+        if self.up_fd >= 0 and self.front.transport is not None and not self.closed:
+            self._read_rest()  # what the worker sent before it went is still to be relayed
+            return
         if self.front.transport is not None:
             self.front.transport.close()
         self._end()
+
+    def _read_rest(self) -> None:
+        """The worker's connection is gone; relay what is left in its socket, then close."""
+        fd = self.up_fd
+        loop = self.proxy.loop
+        t = self.front.transport
+        while t is not None and not self.closed:
+            if self.front.write_paused:
+                self._stop_reading_fd()  # resume_from_front goes on
+                return
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                if not self.reading_fd:
+                    self.reading_fd = True
+                    loop.add_reader(fd, self._read_rest)
+                return
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                data = b""  # ECONNRESET after the last byte: the end
+            if not data:
+                break
+            self.to_front.feed(data)
+            t.write(data)
+            t = self.front.transport
+        self._stop_reading_fd()
+        if self.front.transport is not None:
+            self.front.transport.close()
+        self._end()
+
+    def _stop_reading_fd(self) -> None:
+        if self.reading_fd:
+            self.reading_fd = False
+            self.proxy.loop.remove_reader(self.up_fd)
+
+    def _close_fd(self) -> None:
+        self._stop_reading_fd()
+        if self.up_fd >= 0:
+            try:
+                os.close(self.up_fd)
+            except OSError:
+                pass
+            self.up_fd = -1
 
     def go_away(self, code: int = 1001) -> None:
         """Close both sides with a close frame, each at a frame boundary (else just close)."""
@@ -160,6 +227,7 @@ class Tunnel:
         self._end()
 
     def _end(self) -> None:
+        self._close_fd()
         if self.closed:
             return
         self.closed = True
