@@ -133,3 +133,13 @@ def test_readme_documents_every_config_key():
     for model in (config.SiteConfig, config.AppConfig):
         for key in model.model_fields:
             assert f"`{key}`" in readme, f"README's config reference lacks `{key}`"
+
+
+def test_buffering_keys_default_on_and_take_only_booleans(tmp_path):
+    app = load(tmp_path, "apps:\n  - name: a\n    root: ./app\n").apps[0]
+    assert app.request_buffering is True and app.response_buffering is True
+    app = load(tmp_path, "apps:\n  - name: a\n    root: ./app\n    request_buffering: false\n"
+                         "    response_buffering: false\n").apps[0]
+    assert app.request_buffering is False and app.response_buffering is False
+    e = problems(tmp_path, "apps:\n  - name: a\n    root: ./app\n    response_buffering: 'off'\n")
+    assert [(p.key, p.line) for p in e.problems] == [("apps[0] (a).response_buffering", 4)]
