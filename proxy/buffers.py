@@ -2,8 +2,8 @@
 
 A request body is read whole before a worker is taken (in memory up to REQUEST_MEMORY, past that
 spooled to a temporary file); a response is read from the worker as fast as it comes and held
-here while the client is slow (in memory up to RESPONSE_MEMORY, then in a temporary file up to
-RESPONSE_FILE_MAX, past which the worker is slowed down instead). Temporary files are made with
+while the client is slow: in the client transport's own write buffer up to RESPONSE_MEMORY, then
+here, in a temporary file up to RESPONSE_FILE_MAX, past which the worker is slowed down instead. Temporary files are made with
 `tempfile.TemporaryFile`: mode 0600, created unlinked (O_TMPFILE) where the system allows, so
 nothing is left behind even when the process is killed. They are written and read with
 pwrite/pread on the event loop, as nginx does with its proxy_temp files: page-cache work.
@@ -15,7 +15,7 @@ import tempfile
 from collections import deque
 
 REQUEST_MEMORY = 256 * 1024        # request bodies up to this are held in memory, larger ones spooled
-RESPONSE_MEMORY = 256 * 1024       # response bytes held in memory for a slow client before a file
+RESPONSE_MEMORY = 256 * 1024       # response bytes held in memory (the transport's buffer) before a file
 RESPONSE_FILE_MAX = 1 << 30        # response bytes held on disk before the worker is slowed down
 TAKE = 256 * 1024                  # bytes handed out at a time
 

@@ -6,10 +6,15 @@ received) is routed, given a worker and written to a pooled keep-alive connectio
 written to the client from the parser's callbacks. Tasks are only created for the slow cases:
 opening a new connection to a worker, and streaming a request body.
 
-Backpressure: while the client's transport is above its high-water mark the worker connection
-stops reading (and the other way round for request bodies, through `drain`). If a worker dies
-or breaks its framing after the response has begun, the client connection is aborted: a
-truncated body is never finished as if it were whole.
+Slow clients (issue 11): a response the client takes slower than the worker writes is held
+(response_buffering: the client transport's buffer, then a temporary file, see buffers.py) and
+the worker is given back when it has answered; without buffering, or for streams, the worker
+connection stops reading while the client's transport is above its high-water mark. Request
+bodies that did not arrive whole are read before checkout (front, request_buffering) or
+streamed with `drain`. A client that leaves before the worker answered leaves an orphan: the
+worker stays checked out until its response has ended. If a worker dies or breaks its framing
+after the response has begun, the client connection is aborted: a truncated body is never
+finished as if it were whole.
 """
 from __future__ import annotations
 
@@ -179,7 +184,7 @@ class Exchange:
 
     async def pump_body(self, conn: "Upstream") -> None:
         """Stream the rest of the request body to the worker, with backpressure both ways
-        (request_buffering off, or a WebSocket-free upload too large to hold: see front)."""
+        (request_buffering off and a body past front._BUFFER_BODY)."""
         front = self.front
         payload = self.payload
         t = conn.transport
@@ -401,7 +406,7 @@ class Upstream(asyncio.Protocol):
         if t is None:
             return
         rbuf = ex.rbuf
-        if rbuf is not None and (rbuf.size or front.write_paused):
+        if rbuf is not None and (rbuf.size or (front.write_paused and t.get_write_buffer_size() > RESPONSE_MEMORY)):
             self._hold(rbuf, out)
             return
         if len(out) == 1:
@@ -409,10 +414,11 @@ class Upstream(asyncio.Protocol):
         else:
             t.writelines(out)
         if front.write_paused and not self.paused_for_front and self.transport is not None:
-            # the client is slower than the worker: hold the rest here, so the worker is given
-            # back as soon as it has answered (response_buffering), or else slow the worker down
+            # the client is slower than the worker: hold the rest (in the client transport's
+            # buffer up to RESPONSE_MEMORY, then in a file), so the worker is given back as soon
+            # as it has answered (response_buffering), or else slow the worker down
             if rbuf is None and self._may_buffer(ex):
-                ex.rbuf = Spill(RESPONSE_MEMORY)
+                ex.rbuf = Spill(0)
             elif rbuf is None:
                 self.paused_for_front = True
                 self.transport.pause_reading()
@@ -577,7 +583,8 @@ class Upstream(asyncio.Protocol):
             front = ex.front
             t = front.transport
             if t is not None:
-                if rbuf is not None and (rbuf.size or front.write_paused):
+                if rbuf is not None and (rbuf.size or (front.write_paused
+                                                       and t.get_write_buffer_size() > RESPONSE_MEMORY)):
                     rbuf.add(out)
                 elif len(out) == 1:
                     t.write(out[0])

@@ -220,7 +220,7 @@ class Tunnel:
 
     def go_away(self, code: int = 1001) -> None:
         """Close both sides with a close frame, each at a frame boundary (else just close)."""
-        if self.closed:
+        if self.closed or self.lingering_since:  # the worker has closed: its close frame is on its way
             return
         ft, ut = self.front.transport, self.up.transport
         if ft is not None and self.to_front.at_boundary:
