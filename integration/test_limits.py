@@ -95,6 +95,24 @@ def test_a_slow_worker_is_504_after_response_timeout(tight):
     after(tight)
 
 
+def test_a_client_that_leaves_a_slow_worker_leaves_it_busy_until_response_timeout(tight):
+    # the client gives up at once; the worker (concurrency 1) sleeps 4 s: it stays checked out
+    # (nothing else is routed into it) until response_timeout (1 s), then it is replaced
+    after(tight)
+
+    def ready():
+        return next(w for w in tight.app_status("a")["workers"] if w["state"] == "ready")
+
+    pid = ready()["pid"]
+    with RawConn(tight.port) as c:
+        c.send(request("GET", "/slow?t=4", close=False))
+        poll_until(lambda: any(w["pid"] == pid and w["in_flight"] == 1 or w["state"] != "ready"
+                               for w in tight.app_status("a")["workers"]), what="the worker to take it")
+    # (that it stays counted busy meanwhile: test_buffering, with a longer response_timeout)
+    after(tight)
+    assert ready()["pid"] != pid  # replaced at response_timeout, not handed the next request
+
+
 def test_an_idle_keep_alive_connection_is_closed(tight):
     with RawConn(tight.port, timeout=15) as c:
         c.send(request("GET", "/", close=False))
