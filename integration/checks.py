@@ -5,6 +5,7 @@ import http.client
 import json
 import os
 import threading
+import time
 
 
 def assert_bodies_arrive_whole(s, path: str, **kw) -> None:
@@ -58,3 +59,25 @@ def get_json_from(s, source_ip: str, path: str, **headers) -> dict:
         return json.loads(body)
     finally:
         c.close()
+
+
+def assert_served_after(s, app: str, path: str = "/", *, host: str | None = None, workers: int | None = None,
+                        within: float = 5.0) -> None:
+    """What comes after a limit, timeout or abort (issue 11 item 13): the next request to the
+    same app is served at once (a leaked worker slot would make it wait queue_timeout: the
+    socket timeout `within` catches that), and then `status --json` shows no request in flight
+    and none queued, and, when `workers` is given, that many ready workers."""
+    status, _, body = s.request("GET", path, host=host, timeout=within)
+    assert status == 200, (status, body[:300])
+    deadline = time.monotonic() + within
+    while True:
+        a = s.app_status(app)
+        ready = [w for w in a["workers"] if w["state"] == "ready"]
+        busy = [(w["id"], w["state"], w["in_flight"]) for w in a["workers"] if w["in_flight"]]
+        ok = not busy and not a["queue"] and (workers is None or len(ready) == workers)
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{app}: after the request, in flight {busy}, queued {a['queue']}, "
+                                 f"{len(ready)} ready worker(s) (want {workers})")
+        time.sleep(0.05)

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from checks import assert_served_after
 from harness import Server, app_config, copy_app
 from rawhttp import RawConn, exchange, request
 
@@ -196,6 +197,7 @@ def test_http_2_and_later_are_answered_505(edge, data):
 def test_transfer_encodings_other_than_chunked_are_501(edge, te):
     r = exchange(edge.port, request("POST", "/echo", headers=te, close=False) + b"0\r\n\r\n")
     assert r.status == 501
+    assert_served_after(edge, "site", host="app.test")
 
 
 def test_chunked_on_http_10_is_400(edge):
@@ -222,6 +224,7 @@ def test_chunked_on_http_10_is_400(edge):
 ])
 def test_smuggling_inputs_are_rejected_by_the_parser(edge, data):
     assert closing_answer(edge.port, data) == 400
+    assert_served_after(edge, "site", host="app.test")
 
 
 @pytest.mark.parametrize("upgrade", ["h2c", "foo/1", "WebSocket2"])
@@ -292,7 +295,7 @@ def test_worker_responses_with_broken_framing_are_502(bad, path):
         r = get(bad.port, path, c)
         assert r.status == 502, (path, r.body[:200])
         assert b"hello" not in r.body
-    assert get(bad.port, "/ok").status == 200  # and the app goes on serving
+    assert_served_after(bad, "raw", "/ok", workers=1)  # and the app goes on serving
 
 
 def test_interim_responses_are_never_taken_as_final(bad):
@@ -325,12 +328,13 @@ def test_an_unasked_101_is_502_and_its_connection_is_never_reused(bad):
     assert len(upgraded) == 2
     assert not numbers & upgraded            # no later request went to a switched connection
     assert after["after_upgrade"] == 0       # and nothing at all was written to one
+    assert_served_after(bad, "raw", "/ok", workers=1)
 
 
 def test_a_worker_that_does_not_answer_in_time_gets_504(bad):
     r = get(bad.port, "/hang")
     assert r.status == 504
-    assert get(bad.port, "/ok").status == 200
+    assert_served_after(bad, "raw", "/ok", workers=1)
 
 
 def test_a_response_cut_short_is_never_completed(bad):
@@ -338,6 +342,7 @@ def test_a_response_cut_short_is_never_completed(bad):
         c.send(request("GET", "/half", close=False))
         with pytest.raises(ConnectionError, match="10 of 100"):
             c.response()
+    assert_served_after(bad, "raw", "/ok", workers=1)
 
 
 def test_an_app_that_cannot_start_gets_503_and_app_errors_pass_unchanged(bad):

@@ -4,6 +4,10 @@ under load. Each limit is set small in the config and hit with raw bytes (rawhtt
 No assertion here is about speed: a timeout test checks that the server cut the connection
 while the client was still trickling, with a wide margin. The figures (slowloris latency,
 kill-under-load counts) are printed and recorded as test properties.
+
+After every limit, timeout and abort, `after()` checks what comes next (issue 11 item 13): the
+app's one worker of concurrency 1 serves the next request at once, and status shows nothing in
+flight and nothing queued, so a leaked worker slot cannot hide behind a second worker.
 """
 import os
 import select
@@ -15,6 +19,7 @@ import time
 import psutil
 import pytest
 
+from checks import assert_served_after
 from harness import Server, app_config, copy_app
 from load import Load
 from rawhttp import RawConn, exchange, poll_until, request
@@ -30,10 +35,14 @@ def tight(tmp_path_factory):
         "client_header_timeout": 2, "client_body_timeout": 2, "keepalive_timeout": 1,
         "client_max_body_size": "1k", "max_header_size": 1024, "max_headers": 20,
         "apps": [app_config("a", copy_app("wsgi_echo", apps), response_timeout=1, min_processes=1,
-                            max_processes=2)]})
+                            max_processes=1)]})
     s.start()
     yield s
     s.stop()
+
+
+def after(s: Server, app: str = "a", host: str | None = None) -> None:
+    assert_served_after(s, app, host=host, workers=1)
 
 
 def trickle(c: RawConn, pieces: list[bytes], every: float) -> int:
@@ -58,6 +67,7 @@ def test_a_client_trickling_its_headers_is_cut_at_the_header_deadline(tight):
         assert sent < len(pieces), "still reading headers after 30 s"
         assert c.response().status == 408
         assert c.closed_by_server()
+    after(tight)
 
 
 def test_a_client_trickling_single_bytes_of_the_request_line_is_cut_too(tight):
@@ -66,6 +76,7 @@ def test_a_client_trickling_single_bytes_of_the_request_line_is_cut_too(tight):
         sent = trickle(c, [line[i:i + 1] for i in range(len(line))], 0.2)
         assert sent < len(line)
         assert c.response().status == 408
+    after(tight)
 
 
 @pytest.mark.parametrize("size,sent", [(100, 10), (1000, 0)])
@@ -74,12 +85,32 @@ def test_a_stalled_request_body_is_408(tight, size, sent):
         c.send(request("POST", "/echo", close=False, headers=[("Content-Length", str(size))]) + b"x" * sent)
         assert c.response().status == 408
         assert c.closed_by_server()
+    after(tight)
 
 
 def test_a_slow_worker_is_504_after_response_timeout(tight):
     r = exchange(tight.port, request("GET", "/slow?t=4"), timeout=15)
     assert r.status == 504
-    assert exchange(tight.port, request("GET", "/")).status == 200
+    # the worker (concurrency 1, still busy with it) is replaced; the new one serves at once
+    after(tight)
+
+
+def test_a_client_that_leaves_a_slow_worker_leaves_it_busy_until_response_timeout(tight):
+    # the client gives up at once; the worker (concurrency 1) sleeps 4 s: it stays checked out
+    # (nothing else is routed into it) until response_timeout (1 s), then it is replaced
+    after(tight)
+
+    def ready():
+        return next(w for w in tight.app_status("a")["workers"] if w["state"] == "ready")
+
+    pid = ready()["pid"]
+    with RawConn(tight.port) as c:
+        c.send(request("GET", "/slow?t=4", close=False))
+        poll_until(lambda: any(w["pid"] == pid and w["in_flight"] == 1 or w["state"] != "ready"
+                               for w in tight.app_status("a")["workers"]), what="the worker to take it")
+    # (that it stays counted busy meanwhile: test_buffering, with a longer response_timeout)
+    after(tight)
+    assert ready()["pid"] != pid  # replaced at response_timeout, not handed the next request
 
 
 def test_an_idle_keep_alive_connection_is_closed(tight):
@@ -90,6 +121,7 @@ def test_an_idle_keep_alive_connection_is_closed(tight):
         c.send(request("GET", "/", close=False))
         assert c.response().status == 200
         assert c.closed_by_server()   # ...and closed once idle past keepalive_timeout (1 s)
+    after(tight)
 
 
 def test_bodies_over_client_max_body_size_are_413(tight):
@@ -98,6 +130,7 @@ def test_bodies_over_client_max_body_size_are_413(tight):
         c.send(request("POST", "/echo", close=False, headers=[("Content-Length", "1025")]))
         assert c.response().status == 413
         assert c.closed_by_server()
+    after(tight)
     # exactly the limit is fine
     assert exchange(tight.port, request("POST", "/echo", body=b"x" * 1024)).status == 200
     # chunked: found too large while reading
@@ -105,15 +138,134 @@ def test_bodies_over_client_max_body_size_are_413(tight):
     r = exchange(tight.port, request("POST", "/echo", close=False, headers=[("Transfer-Encoding", "chunked")])
                  + chunks)
     assert r.status == 413
+    after(tight)
 
 
 def test_header_size_and_count_limits(tight):
     assert exchange(tight.port, request("GET", "/", headers=[("X-Big", "b" * 1100)])).status == 431
+    after(tight)
     assert exchange(tight.port, request("GET", "/", headers=[(f"X-H{i}", "1") for i in range(25)])).status == 431
+    after(tight)
     assert exchange(tight.port, request("GET", "/" + "p" * 1100)).status == 414
+    after(tight)
     # just under both limits
     assert exchange(tight.port, request("GET", "/", headers=[("X-Big", "b" * 900)])).status == 200
     assert exchange(tight.port, request("GET", "/", headers=[(f"X-H{i}", "1") for i in range(15)])).status == 200
+
+
+# ---------------------------------------------------------------------------- cut-short bodies (issue 11)
+
+
+@pytest.fixture(scope="module")
+def bodies(tmp_path_factory):
+    """s.test: request_buffering off (bodies past 64 KiB stream to the worker); b.test: buffered
+    (the default). One worker of concurrency 1 each, response_timeout 1 s, 1 MiB body limit."""
+    d = tmp_path_factory.mktemp("bodies")
+    apps = d / "apps"
+    apps.mkdir()
+    root = copy_app("wsgi_echo", apps)
+    one = {"min_processes": 1, "max_processes": 1, "response_timeout": 1, "queue_timeout": 20}
+    s = Server(d / "s", {
+        "client_body_timeout": 2, "client_max_body_size": "1m",
+        "apps": [app_config("s", root, hosts=["s.test"], request_buffering=False, **one),
+                 app_config("b", root, hosts=["b.test"], **one)]})
+    s.start()
+    yield s
+    s.stop()
+
+
+BODY_APPS = [("s", "s.test"), ("b", "b.test")]
+
+
+def chunked_post(host: str) -> bytes:
+    return request("POST", "/echo", host=host, close=False, headers=[("Transfer-Encoding", "chunked")])
+
+
+@pytest.mark.parametrize("app,host", BODY_APPS)
+def test_a_chunked_body_over_the_limit_is_413_and_the_worker_is_given_back(bodies, app, host):
+    # issue 11 item 1: 2 MiB chunked against 1 MiB; the worker stayed in flight for good
+    piece = b"10000\r\n" + b"y" * 0x10000 + b"\r\n"
+    with RawConn(bodies.port, timeout=15) as c:
+        c.send(chunked_post(host))
+        try:
+            for _ in range(32):
+                c.send(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert c.response().status == 413
+    assert_served_after(bodies, app, host=host, workers=1)
+
+
+@pytest.mark.parametrize("app,host", BODY_APPS)
+def test_a_body_that_stalls_midway_is_408_and_the_worker_is_given_back(bodies, app, host):
+    # 512 KiB announced, 128 KiB sent, then nothing: 408 at client_body_timeout (2 s)
+    with RawConn(bodies.port, timeout=15) as c:
+        c.send(request("POST", "/echo", host=host, close=False, headers=[("Content-Length", str(512 * 1024))])
+               + b"x" * (128 * 1024))
+        assert c.response().status == 408
+        assert c.closed_by_server()
+    assert_served_after(bodies, app, host=host, workers=1)
+
+
+@pytest.mark.parametrize("app,host", BODY_APPS)
+def test_a_client_that_leaves_midway_through_its_body(bodies, app, host):
+    with RawConn(bodies.port, timeout=15) as c:
+        c.send(request("POST", "/echo", host=host, close=False, headers=[("Content-Length", str(512 * 1024))])
+               + b"x" * (200 * 1024))
+        time.sleep(0.3)
+    assert_served_after(bodies, app, host=host, workers=1)
+
+
+@pytest.mark.parametrize("app,host", BODY_APPS)
+def test_a_malformed_chunk_midway_is_400(bodies, app, host):
+    piece = b"10000\r\n" + b"y" * 0x10000 + b"\r\n"
+    with RawConn(bodies.port, timeout=15) as c:
+        c.send(chunked_post(host) + piece * 2)
+        time.sleep(0.2)
+        c.send(b"zz-not-hex\r\nxx\r\n")
+        assert c.response().status == 400
+    assert_served_after(bodies, app, host=host, workers=1)
+
+
+@pytest.mark.parametrize("app,host", BODY_APPS)
+def test_response_timeout_starts_once_the_body_is_with_the_worker(bodies, app, host):
+    # issue 11 item 4: 300 KiB at about 100 KiB/s takes ~3 s, response_timeout is 1 s: still 200
+    body = os.urandom(300 * 1024)
+    with RawConn(bodies.port, timeout=30) as c:
+        c.send(request("POST", "/echo", host=host, close=False, headers=[("Content-Length", str(len(body)))]))
+        for i in range(0, len(body), 30 * 1024):
+            c.send(body[i:i + 30 * 1024])
+            time.sleep(0.3)
+        r = c.response()
+        assert r.status == 200, r.body[:300]
+        import hashlib
+        import json
+        assert json.loads(r.body) == {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    assert_served_after(bodies, app, host=host, workers=1)
+    assert bodies.app_status(app)["workers"][0]["stop_reason"] is None  # the healthy worker was kept
+
+
+def test_a_client_that_leaves_at_every_stage(bodies):
+    """Before its head is whole, while queued, while the worker runs, during the response."""
+    host = "b.test"
+    with RawConn(bodies.port) as c:  # half a head
+        c.send(b"GET /env HTTP/1.1\r\nHost: b.test\r\nX-A: 1\r\n")
+    assert_served_after(bodies, "b", host=host, workers=1)
+    # one request holds the worker; a second waits in the queue and leaves; the first leaves too
+    busy = RawConn(bodies.port, timeout=10)
+    busy.send(request("GET", "/slow?t=0.8", host=host, close=False))
+    poll_until(lambda: bodies.app_status("b")["workers"][0]["in_flight"] == 1, what="the worker to be busy")
+    with RawConn(bodies.port) as queued:
+        queued.send(request("GET", "/env", host=host, close=False))
+        poll_until(lambda: bodies.app_status("b")["queue"] == 1, what="the request to be queued")
+    poll_until(lambda: bodies.app_status("b")["queue"] == 0, what="the queued request to be dropped")
+    busy.close()
+    assert_served_after(bodies, "b", host=host, workers=1)
+    # during the response: a large body read only in part
+    with RawConn(bodies.port, timeout=10) as c:
+        c.send(request("GET", "/big?n=50000000", host=host, close=False))
+        assert c.sock.recv(100).startswith(b"HTTP/1.1 200")
+    assert_served_after(bodies, "b", host=host, workers=1)
 
 
 def test_connections_per_listener_are_limited(make_server, apps_dir):
@@ -145,6 +297,8 @@ def test_a_client_that_stops_reading_is_cut_and_its_worker_freed(make_server, ap
         # without the cut this one waits behind it for the queue timeout (504)
         status, _, body = s.get("/", timeout=30)
         assert status == 200 and body == b"hello from wsgi\n"
+        assert_served_after(s, "a", workers=1)
+        time.sleep(4)  # past send_timeout: the response held for it (buffered) is dropped too
         got = 100
         try:
             while chunk := slow.sock.recv(1 << 20):
@@ -152,6 +306,7 @@ def test_a_client_that_stops_reading_is_cut_and_its_worker_freed(make_server, ap
         except ConnectionResetError:
             pass
         assert got < 100_000_000
+    assert_served_after(s, "a", workers=1)
 
 
 # ---------------------------------------------------------------------------- under attack

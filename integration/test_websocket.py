@@ -13,6 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from checks import assert_served_after
 from harness import APPS, app_config, copy_app
 from rawhttp import poll_until
 
@@ -71,6 +72,7 @@ def test_websocket_echo_both_ways_with_close_codes(make_server, apps_dir, lang):
             ws.recv(timeout=10)
         assert ws.close_code == 4001
     poll_until(lambda: in_flight(s) == [0], what="the worker to be given back")
+    assert_served_after(s, "ws", path="/app/", workers=1)
     if lang != "asgi":
         with ws_connect(s, "/app/ws") as ws:  # the client closes with 4002: the app sees 4002
             ws.send("x")
@@ -171,6 +173,29 @@ def test_idle_websocket_is_closed_with_1001(make_server, apps_dir):
             ws.recv(timeout=30)
         assert ws.close_code == 1001
     poll_until(lambda: in_flight(s) == [0], what="the worker to be given back")
+    assert_served_after(s, "ws", workers=1)
+
+
+@pytest.mark.parametrize("when", ["open", "mid-frame"])
+def test_a_websocket_client_that_drops_gives_its_worker_back(make_server, apps_dir, when):
+    """The client's connection is reset (no close frame), with a whole frame sent or half of one:
+    a concurrency-1 single worker serves the next request at once."""
+    s = make_server({"apps": [app_config("ws", copy_app("starlette_app", apps_dir), concurrency=1,
+                                         min_processes=1, max_processes=1)]})
+    c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    c.sendall(b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+              + _masked_text(b"hi"))
+    out = b""
+    while b"echo: hi" not in out:
+        chunk = c.recv(65536)
+        assert chunk, out
+        out += chunk
+    if when == "mid-frame":
+        c.sendall(_masked_text(b"x" * 100)[:20])
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset
+    c.close()
+    assert_served_after(s, "ws", workers=1)
 
 
 def test_graceful_stop_lets_requests_finish_then_closes_websockets_with_1001(make_server, apps_dir):
@@ -249,3 +274,80 @@ def test_websocket_flow_control_bounds_the_proxys_memory(make_server, apps_dir):
             assert ws.recv(timeout=30) == "echo: " + msg
         t.join(30)
         assert sent[0] == total
+
+
+# ---------------------------------------------------------------------------- the end of a WebSocket (issue 11)
+
+
+def ws_close_worker(apps_dir, **kw) -> dict:
+    import sys
+
+    return app_config("ws", copy_app("ws_close_worker", apps_dir), type="command",
+                      command=[sys.executable, "worker.py", "$PASSENGER_LITE_SOCKET"], **kw)
+
+
+def _read_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each whole unmasked frame in data."""
+    out, i = [], 0
+    while i + 2 <= len(data):
+        op, ln = data[i] & 0x0F, data[i + 1] & 0x7F
+        j = i + 2
+        if ln == 126:
+            ln, j = int.from_bytes(data[j:j + 2], "big"), j + 2
+        elif ln == 127:
+            ln, j = int.from_bytes(data[j:j + 8], "big"), j + 8
+        if j + ln > len(data):
+            break
+        out.append((op, data[j:j + ln]))
+        i = j + ln
+    return out
+
+
+def _masked_binary(n: int) -> bytes:
+    mask = b"\x00\x00\x00\x00"  # a zero mask: the payload goes as it is
+    return bytes([0x82, 0x80 | 127]) + n.to_bytes(8, "big") + mask + b"\x00" * n
+
+
+def test_the_workers_last_message_and_close_frame_reach_a_client_that_is_still_sending(make_server, apps_dir):
+    """The worker sends 8 MiB and a close frame (4000) and closes at once, while the client,
+    not reading yet, is still sending: the proxy's writes toward the worker fail (EPIPE) with the
+    end of the message and the close frame still unread on its side. Both must reach the client."""
+    s = make_server({"apps": [ws_close_worker(apps_dir, min_processes=1, max_processes=1)]})
+    n = 8 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(b"GET /ws?bytes=%d HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                  b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n" % n)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = c.recv(1)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101 ")
+        c.sendall(_masked_text(b"go"))
+        # keep sending, reading nothing, until the proxy stops taking bytes (the worker reads no more)
+        c.settimeout(0.5)
+        frame = _masked_binary(65536)
+        try:
+            for _ in range(400):
+                c.sendall(frame)
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
+            pass
+        time.sleep(0.5)
+        # now read it all, slowly enough that the proxy reads the worker at our pace
+        c.settimeout(20)
+        got = b""
+        while True:
+            try:
+                chunk = c.recv(262144)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            got += chunk
+            time.sleep(0.002)
+    frames = _read_frames(got)
+    ops = [op for op, _ in frames]
+    assert ops == [0x2, 0x8], (ops, len(got))
+    assert len(frames[0][1]) == n
+    assert frames[1][1][:2] == (4000).to_bytes(2, "big") and frames[1][1][2:] == b"bye"
+    assert_served_after(s, "ws", workers=1)

@@ -331,6 +331,12 @@ class AppConfig(_Model):
     error_page: str | None = Field(default=None, description="An HTML file shown instead of our 5xx pages.")
     watch: bool | None = Field(default=None, description="Restart workers when source files change (development).")
     redirect_https: bool = Field(default=False, description="Redirect plain HTTP requests to HTTPS.")
+    request_buffering: bool = Field(
+        default=True, description="Read request bodies whole (memory, then a temporary file) before a worker "
+                                  "is taken; false streams them to the worker as they arrive.")
+    response_buffering: bool = Field(
+        default=True, description="Hold responses for slow clients (memory, then a temporary file) so the worker "
+                                  "is free once it has answered; false slows the worker down to the client.")
     smoke: list[SmokeRequest] = Field(default_factory=list,
                                       description="Requests `passenger-lite smoke` sends; default: GET of the mount path.")
     ready_check: str = Field(

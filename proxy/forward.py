@@ -6,10 +6,15 @@ received) is routed, given a worker and written to a pooled keep-alive connectio
 written to the client from the parser's callbacks. Tasks are only created for the slow cases:
 opening a new connection to a worker, and streaming a request body.
 
-Backpressure: while the client's transport is above its high-water mark the worker connection
-stops reading (and the other way round for request bodies, through `drain`). If a worker dies
-or breaks its framing after the response has begun, the client connection is aborted: a
-truncated body is never finished as if it were whole.
+Slow clients (issue 11): a response the client takes slower than the worker writes is held
+(response_buffering: the client transport's buffer, then a temporary file, see buffers.py) and
+the worker is given back when it has answered; without buffering, or for streams, the worker
+connection stops reading while the client's transport is above its high-water mark. Request
+bodies that did not arrive whole are read before checkout (front, request_buffering) or
+streamed with `drain`. A client that leaves before the worker answered leaves an orphan: the
+worker stays checked out until its response has ended. If a worker dies or breaks its framing
+after the response has begun, the client connection is aborted: a truncated body is never
+finished as if it were whole.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from .buffers import RESPONSE_FILE_MAX, RESPONSE_MEMORY, Spill
 from .headers import MAX_RESPONSE_HEAD, RESPONSE_DROP
 
 if TYPE_CHECKING:
@@ -43,6 +49,10 @@ def _status_line(status: int, reason: bytes) -> bytes:
     return line
 
 
+class _WorkerNotReading(Exception):
+    """The worker stopped taking request body bytes for response_timeout."""
+
+
 class Unavailable(Exception):
     """No worker can take this request: 503 (queue full, app failed) or 504 (waited too long)."""
 
@@ -61,7 +71,7 @@ class Exchange:
         "body", "payload", "stream_body", "up_chunked", "ws",
         "worker", "conn", "status", "resp_started", "resp_bytes", "finished", "req_done",
         "queue_deadline", "response_deadline", "t0", "t_worker", "t_response", "retried",
-        "body_task", "app_name", "last_worker",
+        "body_task", "app_name", "last_worker", "spool", "body_len", "rbuf", "rdone",
     )
 
     def __init__(self, front: "FrontProtocol", pool, msg, target: str, host_header: str):
@@ -93,6 +103,10 @@ class Exchange:
         self.retried = 0                    # times re-dispatched before any worker read it
         self.body_task = None
         self.last_worker = None             # who served it, for the access log (worker is cleared on release)
+        self.spool: Spill | None = None     # a large request body read whole before checkout
+        self.body_len = 0
+        self.rbuf: Spill | None = None      # response bytes held for a slow client
+        self.rdone = False                  # the worker's response has ended; rbuf still to be written
 
     # ------------------------------------------------------------------ getting a worker
 
@@ -153,8 +167,8 @@ class Exchange:
         idempotent request held whole is placed again (RFC 9110 9.2.2); the worker's idle
         connections are dropped, so the next try connects afresh, and a dead worker that
         refuses it leaves the rotation. A worker that read the request and died: 502."""
-        if (self.resp_started or self.stream_body or self.finished or self.retried >= _MAX_RESENDS
-                or self.method not in _IDEMPOTENT):
+        if (self.resp_started or self.stream_body or self.spool is not None or self.finished
+                or self.retried >= _MAX_RESENDS or self.method not in _IDEMPOTENT):
             return False
         self.retried += 1
         for c in worker.idle:
@@ -169,7 +183,8 @@ class Exchange:
     # ------------------------------------------------------------------ the request
 
     async def pump_body(self, conn: "Upstream") -> None:
-        """Stream the rest of the request body to the worker, with backpressure both ways."""
+        """Stream the rest of the request body to the worker, with backpressure both ways
+        (request_buffering off and a body past front._BUFFER_BODY)."""
         front = self.front
         payload = self.payload
         t = conn.transport
@@ -194,10 +209,12 @@ class Exchange:
                 else:
                     t.write(chunk)
                 if conn.write_paused:
-                    await conn.drain()
+                    await self._drain(conn)
             if chunked and conn.transport is not None:
                 t.write(b"0\r\n\r\n")
-            self.req_done = True
+            self._body_sent()
+        except _WorkerNotReading:
+            self._worker_not_reading(conn)
         except TimeoutError:
             self._body_failed(408, "The request body took too long to arrive.")
         except asyncio.CancelledError:
@@ -207,13 +224,73 @@ class Exchange:
         finally:
             self.body_task = None
 
-    def _body_failed(self, status: int, message: str) -> None:
-        conn = self.conn
-        if conn is not None and conn.transport is not None:
+    async def pump_spool(self, conn: "Upstream") -> None:
+        """Write a spooled request body to the worker, at the worker's pace."""
+        spool = self.spool
+        try:
+            while True:
+                t = conn.transport
+                if self.finished or t is None or conn.ex is not self:
+                    return
+                data = spool.take()
+                if not data:
+                    break
+                t.write(data)
+                if conn.write_paused:
+                    await self._drain(conn)
+            self._body_sent()
+        except _WorkerNotReading:
+            self._worker_not_reading(conn)
+        except asyncio.CancelledError:
+            raise
+        except ConnectionError:
+            pass  # the worker connection was lost: Upstream.connection_lost answers the client
+        except Exception as e:  # noqa: BLE001 - the temporary file failed us (disk): never send half
+            self._body_failed(503 if not self.resp_started else 0, f"The request body could not be read back: {e}")
+        finally:
+            self.body_task = None
+
+    async def _drain(self, conn: "Upstream") -> None:
+        try:
+            async with asyncio.timeout(self.pool.response_timeout):
+                await conn.drain()
+        except TimeoutError:
+            raise _WorkerNotReading from None
+
+    def _body_sent(self) -> None:
+        """The whole request is with the worker: from now on response_timeout runs (item 4)."""
+        self.req_done = True
+        if not self.resp_started:
+            self.response_deadline = self.front.loop.time() + self.pool.response_timeout
+
+    def _worker_not_reading(self, conn: "Upstream") -> None:
+        """The worker took no body bytes for response_timeout: 504, and a concurrency-1 worker,
+        stuck with half a request, is replaced."""
+        w = self.worker
+        why = f"the worker read no request body for {self.pool.response_timeout:g} s"
+        if conn.ex is self:
             conn.ex = None
+        if conn.transport is not None:
             conn.transport.abort()
+        self.release_worker(failed=w is not None and w.concurrency == 1, reason=why)
         if not self.finished:
             if self.resp_started:
+                self.front.abort(self)
+            else:
+                self.front.error(self, 504, "", detail=why, close=True)
+
+    def _body_failed(self, status: int, message: str) -> None:
+        """The request body cannot be completed: the worker's connection is cut (the worker sees a
+        short body, never a whole one) and the worker is given back (issue 11 item 1)."""
+        conn = self.conn
+        if conn is not None:
+            if conn.ex is self:
+                conn.ex = None
+            if conn.transport is not None:
+                conn.transport.abort()
+        self.release_worker()
+        if not self.finished:
+            if self.resp_started or not status:
                 self.front.abort(self)
             else:
                 self.front.error(self, status, message, close=True)
@@ -233,7 +310,7 @@ class Upstream(asyncio.Protocol):
     __slots__ = (
         "worker", "transport", "parser", "ex", "reason", "hdrs", "cl", "bad", "interim",
         "rechunk", "until_close", "keep", "write_paused", "drain_waiter", "paused_for_front",
-        "tunnel", "te_chunked", "out", "head_read",
+        "tunnel", "te_chunked", "out", "head_read", "timer",
     )
 
     def __init__(self, worker):
@@ -246,6 +323,7 @@ class Upstream(asyncio.Protocol):
         self.paused_for_front = False
         self.tunnel = None
         self.out: list[bytes] = []  # bytes for the client from this read, written once at its end
+        self.timer: asyncio.TimerHandle | None = None  # response_timeout of an orphaned request
         self._reset()
 
     def _reset(self) -> None:
@@ -289,15 +367,18 @@ class Upstream(asyncio.Protocol):
         ex.conn = self
         self._reset()
         front = ex.front
-        ex.response_deadline = front.loop.time() + ex.pool.response_timeout
         head = front.request_head(ex)
         if ex.body:
             self.transport.write(head + (b"%x\r\n%s\r\n" % (len(ex.body), ex.body) if ex.up_chunked else ex.body))
         else:
             self.transport.write(head)
-        if ex.stream_body:
+        if ex.stream_body or ex.spool is not None:
+            # response_timeout starts once the whole body is with the worker (pump_*: _body_sent)
             ex.req_done = False
-            ex.body_task = front.loop.create_task(ex.pump_body(self))
+            ex.response_deadline = float("inf")
+            ex.body_task = front.loop.create_task(ex.pump_body(self) if ex.stream_body else ex.pump_spool(self))
+        else:
+            ex.response_deadline = front.loop.time() + ex.pool.response_timeout
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -306,6 +387,7 @@ class Upstream(asyncio.Protocol):
         if self.ex is None:  # bytes nobody asked for: this connection cannot be trusted any more
             self.transport.abort()
             return
+        ex = self.ex
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -314,7 +396,9 @@ class Upstream(asyncio.Protocol):
             self._broken(f"invalid response: {e}")
         if self.out:
             self._flush()
-        elif self.ex is not None and not self.ex.resp_started:
+        elif self.ex is ex and not ex.resp_started:
+            # (not when this read ended the response and the next request was handed to this
+            # connection from inside it: that read is not the new response's head)
             # the head goes on (and a header value without end never reaches on_header)
             self.head_read += len(data)
             if self.head_read > MAX_RESPONSE_HEAD:
@@ -330,13 +414,43 @@ class Upstream(asyncio.Protocol):
         t = front.transport if front is not None else None
         if t is None:
             return
+        rbuf = ex.rbuf
+        if rbuf is not None and (rbuf.size or (front.write_paused and t.get_write_buffer_size() > RESPONSE_MEMORY)):
+            self._hold(rbuf, out)
+            return
         if len(out) == 1:
             t.write(out[0])
         else:
             t.writelines(out)
         if front.write_paused and not self.paused_for_front and self.transport is not None:
-            self.paused_for_front = True
+            # the client is slower than the worker: hold the rest (in the client transport's
+            # buffer up to RESPONSE_MEMORY, then in a file), so the worker is given back as soon
+            # as it has answered (response_buffering), or else slow the worker down
+            if rbuf is None and self._may_buffer(ex):
+                ex.rbuf = Spill(0)
+            elif rbuf is None:
+                self.paused_for_front = True
+                self.transport.pause_reading()
+
+    def _hold(self, rbuf: Spill, out: list) -> None:
+        rbuf.add(out)
+        if rbuf.size > RESPONSE_FILE_MAX and not self.paused_for_front and self.transport is not None:
+            self.paused_for_front = True  # held enough: now the worker waits (resumed as it drains)
             self.transport.pause_reading()
+
+    def _may_buffer(self, ex: Exchange) -> bool:
+        """Streams are never buffered: text/event-stream, `X-Accel-Buffering: no`, WebSockets."""
+        if ex.ws or not ex.pool.app.response_buffering:
+            return False
+        for h in self.hdrs:
+            name, _, value = h.partition(b":")
+            name = name.lower()
+            if name == b"content-type":
+                if value.strip().lower().startswith(b"text/event-stream"):
+                    return False
+            elif name == b"x-accel-buffering" and value.strip().lower() == b"no":
+                return False
+        return True
 
     def eof_received(self):
         return False
@@ -347,16 +461,19 @@ class Upstream(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_exception(ConnectionError("worker connection lost"))
         if self.tunnel is not None:
-            self.tunnel.peer_lost()
+            self.tunnel.peer_lost(exc)
             return
         try:
             self.worker.idle.remove(self)
         except ValueError:
             pass
         ex = self.ex
-        if ex is None or ex.finished:
+        if ex is None:
             return
         self.ex = None
+        if ex.finished:  # an orphan (its client left): the worker closed, so it is done with it
+            self._orphan_done(ex)
+            return
         if ex.resp_started and self.until_close and not self.bad:
             self._complete(ex)  # a close-delimited body ends with the connection
             return
@@ -469,14 +586,23 @@ class Upstream(asyncio.Protocol):
                 t.close()
 
     def _complete(self, ex: Exchange) -> None:
+        if ex.finished:  # an orphan: its response was read and dropped; now the worker is free
+            self.out = []
+            self._orphan_done(ex)
+            return
         out = self.out
         if self.rechunk and ex.method != "HEAD":
             out.append(b"0\r\n\r\n")
+        rbuf = ex.rbuf
         if out:
             self.out = []
-            t = ex.front.transport
+            front = ex.front
+            t = front.transport
             if t is not None:
-                if len(out) == 1:
+                if rbuf is not None and (rbuf.size or (front.write_paused
+                                                       and t.get_write_buffer_size() > RESPONSE_MEMORY)):
+                    rbuf.add(out)
+                elif len(out) == 1:
                     t.write(out[0])
                 else:
                     t.writelines(out)
@@ -486,8 +612,45 @@ class Upstream(asyncio.Protocol):
             ex.front.keep_alive = False
             if ex.body_task is not None:
                 ex.body_task.cancel()
+        if rbuf is not None:
+            ex.conn = None  # this connection may serve another request while the client reads
+            if self.paused_for_front:
+                self.resume_for_front()
         ex.release_worker()
+        if rbuf is not None and rbuf.size:
+            ex.rdone = True  # the front finishes the exchange once the client has it all
+            return
         ex.front.finish(ex)
+
+    # ------------------------------------------------------------------ orphans (issue 11 item 2)
+
+    def adopt_orphan(self, ex: Exchange) -> None:
+        """The client left while the worker still runs its request: the worker stays checked out
+        until its response has ended (read here and dropped) or response_timeout has passed, so
+        the pool never routes another request into a worker that is still busy."""
+        self.out = []
+        if self.paused_for_front:
+            self.resume_for_front()
+        loop = ex.front.loop
+        self.timer = loop.call_at(max(ex.response_deadline, loop.time()), self._orphan_expired)
+
+    def _orphan_done(self, ex: Exchange) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        ex.release_worker()
+
+    def _orphan_expired(self) -> None:
+        self.timer = None
+        ex = self.ex
+        if ex is None or not ex.finished:
+            return
+        self.ex = None
+        if self.transport is not None:
+            self.transport.abort()
+        w = ex.worker
+        why = f"no response within {ex.pool.response_timeout:g} s (its client had left)"
+        ex.release_worker(failed=w is not None and w.concurrency == 1, reason=why)
 
     def resume_for_front(self) -> None:
         if self.paused_for_front:
@@ -502,8 +665,11 @@ class Upstream(asyncio.Protocol):
         self.ex = None
         if self.transport is not None:
             self.transport.abort()
-        if ex is not None and not ex.finished:
-            self._fail(ex, self.bad or why)
+        if ex is not None:
+            if ex.finished:
+                self._orphan_done(ex)
+            else:
+                self._fail(ex, self.bad or why)
 
     def _fail(self, ex: Exchange, why: str) -> None:
         if ex.body_task is not None:

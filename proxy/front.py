@@ -19,6 +19,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpVersion10, HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD
 
+from .buffers import REQUEST_MEMORY, Spill
 from .forward import Exchange
 from .tunnel import Tunnel
 from .headers import FORWARDING, REQUEST_DROP, BadTarget, canonical_path, connection_tokens, date_line, normalise_host
@@ -132,12 +133,21 @@ class FrontProtocol(BaseProtocol):
             ex.body_task.cancel()
         conn = ex.conn
         if conn is not None:
-            conn.ex = None
-            if conn.transport is not None:
-                conn.transport.abort()  # the worker's answer has nowhere to go
-            ex.release_worker()
+            if (conn.ex is ex and not ex.resp_started and ex.req_done and not ex.ws
+                    and conn.transport is not None):
+                # the worker still runs the request: it stays checked out until it has answered
+                conn.adopt_orphan(ex)
+            else:
+                # it is writing its answer (the reset ends that) or has half a request body
+                if conn.ex is ex:
+                    conn.ex = None
+                if conn.transport is not None:
+                    conn.transport.abort()
+                ex.release_worker()
         elif ex.worker is None:
             ex.pool.cancel(ex)
+        if ex.rbuf is not None or ex.spool is not None:
+            _drop_buffers(ex)
         self.proxy.observe(ex, 499)
 
     def pause_writing(self) -> None:
@@ -147,14 +157,44 @@ class FrontProtocol(BaseProtocol):
     def resume_writing(self) -> None:
         super().resume_writing()
         ex = self.ex
-        if ex is not None and ex.conn is not None:
-            ex.conn.resume_for_front()
+        if ex is not None:
+            if ex.rbuf is not None:
+                self._write_held(ex)
+            elif ex.conn is not None:
+                ex.conn.resume_for_front()
         if self.tunnel is not None:
             self.tunnel.resume_from_front()
 
     @property
     def write_paused(self) -> bool:
         return self._paused
+
+    def _write_held(self, ex: Exchange) -> None:
+        """The client takes bytes again: write what was held for it (response_buffering)."""
+        rbuf = ex.rbuf
+        t = self.transport
+        try:
+            while t is not None and not self._paused:
+                data = rbuf.take()
+                if not data:
+                    break
+                t.write(data)
+        except OSError as e:  # the temporary file failed (disk): the response cannot be completed
+            self.proxy.log_upstream_error(ex, ex.status, f"the response buffer failed: {e}")
+            ex.release_worker()
+            conn = ex.conn
+            if conn is not None:
+                conn.ex = None
+                if conn.transport is not None:
+                    conn.transport.abort()
+            self.abort(ex)
+            return
+        if rbuf.size:
+            return
+        if ex.rdone:
+            self.finish(ex)
+        elif ex.conn is not None:
+            ex.conn.resume_for_front()
 
     # ------------------------------------------------------------------ reading requests
 
@@ -379,34 +419,55 @@ class FrontProtocol(BaseProtocol):
         return True
 
     async def _buffer_then_dispatch(self, ex: Exchange, chunked: bool) -> None:
-        """Read a small body before taking a worker, so a slow client never holds one;
-        past _BUFFER_BODY, take a worker and stream the rest."""
+        """Read the body before taking a worker, so a slow client never holds one: in memory up
+        to REQUEST_MEMORY, past that spooled to a temporary file (request_buffering, the
+        default). With request_buffering off, past _BUFFER_BODY a worker is taken and the rest
+        streamed to it."""
         payload = ex.payload
         parts: list[bytes] = []
         size = 0
         limit = self.proxy.max_body
+        spool = None
+        buffering = ex.pool.app.request_buffering
         try:
             while True:
                 async with asyncio.timeout(self.proxy.client_body_timeout):
                     chunk = await payload.readany()
                 if not chunk:
-                    ex.body = b"".join(parts)
+                    if spool is not None:
+                        ex.spool = spool
+                        ex.body_len = size
+                        spool = None
+                    else:
+                        ex.body = b"".join(parts)
                     ex.payload = None
                     break
-                parts.append(chunk)
                 size += len(chunk)
                 if size > limit:
                     self.error(ex, 413, "", close=True)
                     return
-                if size > _BUFFER_BODY:
+                if spool is not None:
+                    spool.add((chunk,))
+                    continue
+                parts.append(chunk)
+                if not buffering and size > _BUFFER_BODY:
                     ex.body = b"".join(parts)
                     ex.stream_body = True
                     ex.up_chunked = chunked
                     break
+                if size > REQUEST_MEMORY:
+                    spool = Spill(0)
+                    spool.add(parts)
+                    parts = []
         except TimeoutError:
             self.error(ex, 408, "", close=True)
             return
         except asyncio.CancelledError:
+            return
+        except OSError as e:  # the temporary file could not be written (disk full...)
+            if not ex.finished:
+                self.proxy.log_upstream_error(ex, 503, f"the request body could not be spooled: {e}")
+                self.error(ex, 503, "The request body could not be stored.", close=True)
             return
         except Exception:  # noqa: BLE001 - the client sent a broken body or went away
             if not ex.finished:
@@ -414,6 +475,8 @@ class FrontProtocol(BaseProtocol):
             return
         finally:
             ex.body_task = None
+            if spool is not None:
+                spool.close()
         if not ex.finished:
             ex.dispatch()
 
@@ -468,6 +531,8 @@ class FrontProtocol(BaseProtocol):
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 parts.append(b"Content-Length: %s\r\n" % msg.headers["Content-Length"].encode())
+        elif ex.spool is not None:
+            parts.append(b"Content-Length: %d\r\n" % ex.body_len)
         elif ex.body is not None:
             parts.append(b"Content-Length: %d\r\n" % len(ex.body))
         parts.append(b"\r\n")
@@ -511,6 +576,8 @@ class FrontProtocol(BaseProtocol):
     def finish(self, ex: Exchange) -> None:
         """The response to `ex` has been written completely."""
         ex.finished = True
+        if ex.rbuf is not None or ex.spool is not None:
+            _drop_buffers(ex)
         self.proxy.observe(ex, ex.status)
         if self.ex is ex:
             self.ex = None
@@ -524,6 +591,8 @@ class FrontProtocol(BaseProtocol):
     def abort(self, ex: Exchange) -> None:
         """The response began but cannot be completed: cut the connection, never fake an end."""
         ex.finished = True
+        if ex.rbuf is not None or ex.spool is not None:
+            _drop_buffers(ex)
         self.proxy.observe(ex, ex.status or 502, aborted=True)
         if self.ex is ex:
             self.ex = None
@@ -645,3 +714,13 @@ class FrontProtocol(BaseProtocol):
             self.closing = True
             if self.transport is not None:
                 self.transport.close()
+
+
+def _drop_buffers(ex: Exchange) -> None:
+    """The exchange is over: its temporary files (if any) go."""
+    if ex.rbuf is not None:
+        ex.rbuf.close()
+        ex.rbuf = None
+    if ex.spool is not None:
+        ex.spool.close()
+        ex.spool = None

@@ -242,3 +242,13 @@ def test_every_path_resolves_from_the_config_file_whatever_the_cwd(tmp_path, mon
     with pytest.raises(ConfigError) as e:
         config.load(cfg, default_registry())
     assert str(d / "blog" / ".venv" / "bin" / "python") in str(e.value)
+
+
+def test_buffering_keys_default_on_and_take_only_booleans(tmp_path):
+    app = load(tmp_path, "apps:\n  - name: a\n    root: ./app\n").apps[0]
+    assert app.request_buffering is True and app.response_buffering is True
+    app = load(tmp_path, "apps:\n  - name: a\n    root: ./app\n    request_buffering: false\n"
+                         "    response_buffering: false\n").apps[0]
+    assert app.request_buffering is False and app.response_buffering is False
+    e = problems(tmp_path, "apps:\n  - name: a\n    root: ./app\n    response_buffering: 'off'\n")
+    assert [(p.key, p.line) for p in e.problems] == [("apps[0] (a).response_buffering", 4)]
