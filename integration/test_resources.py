@@ -243,12 +243,19 @@ def test_memory_limit_is_checked_after_each_request(make_server, apps_dir):
 # ---------------------------------------------------------------------------------------- full log disk
 
 SPAM = """\
-import sys
+import fcntl, struct, sys, termios, time
 
 def application(environ, start_response):
     n, _, tag = (environ.get("QUERY_STRING") or "0").partition("-")
     for i in range(int(n)):
         print(f"spam {tag}{i:05d} " + "x" * 80 + " end", flush=True)
+    # answer once the manager has read every line (the pipe to it is empty), so the test sees
+    # the log as it is after these lines, not while the manager is still catching up
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if struct.unpack("i", fcntl.ioctl(1, termios.FIONREAD, b"\\0" * 4))[0] == 0:
+            break
+        time.sleep(0.005)
     body = b"ok"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [body]
