@@ -80,6 +80,7 @@ class ControlServer:
         if rt.proxy is not None:  # every exchange that holds a worker: a connection's, a WebSocket's
             exchanges = {id(c.ex): c.ex for c in rt.proxy.connections if c.ex is not None}
             exchanges.update((id(t.ex), t.ex) for t in rt.proxy.tunnels)
+            exchanges.update((id(ex), ex) for ex in rt.proxy.orphans)  # their clients left
             for ex in exchanges.values():
                 if ex.worker is not None:
                     held[ex.worker] = held.get(ex.worker, 0) + 1

@@ -633,11 +633,13 @@ class Upstream(asyncio.Protocol):
             self.resume_for_front()
         loop = ex.front.loop
         self.timer = loop.call_at(max(ex.response_deadline, loop.time()), self._orphan_expired)
+        ex.front.proxy.orphans.add(ex)  # still holds its worker: counted by the pool's invariants
 
     def _orphan_done(self, ex: Exchange) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        ex.front.proxy.orphans.discard(ex)
         ex.release_worker()
 
     def _orphan_expired(self) -> None:
@@ -646,6 +648,7 @@ class Upstream(asyncio.Protocol):
         if ex is None or not ex.finished:
             return
         self.ex = None
+        ex.front.proxy.orphans.discard(ex)
         if self.transport is not None:
             self.transport.abort()
         w = ex.worker

@@ -58,6 +58,7 @@ class Proxy:
         self.loop = loop or asyncio.get_running_loop()
         self.connections: set[FrontProtocol] = set()
         self.tunnels: set = set()
+        self.orphans: set = set()  # exchanges whose client left while their worker still runs them
         self.host_cache: dict[str, str] = {}
         self.listeners: list[Listener] = []
         self.stopping = False
