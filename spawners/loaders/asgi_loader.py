@@ -152,7 +152,7 @@ def main():
         proxy_headers=True,
         forwarded_allow_ips="*",  # only the front process can reach this socket; it sets X-Forwarded-*
         server_header=False,
-        date_header=True,
+        date_header=False,  # the front process sets Date on every response (it drops a worker's own)
         timeout_keep_alive=3600,  # the front process owns keep-alive; it closes idle connections itself
         timeout_graceful_shutdown=None,
         limit_concurrency=None if concurrency == 0 else max(concurrency * 4, 16),
