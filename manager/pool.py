@@ -35,7 +35,8 @@ from passenger_lite.proxy.forward import Unavailable
 from passenger_lite.spawners.base import short_command
 
 from .states import AppState, WorkerState
-from .worker import StartFailure, Worker, hints_for
+from .spawnfail import StartFailure, describe_exit, hints_for
+from .worker import Worker
 
 if TYPE_CHECKING:
     from passenger_lite.manager.config import AppConfig
@@ -68,7 +69,6 @@ class AppPool:
         self.starting = 0                  # workers being spawned
         self.failures = 0                  # failed starts in a row
         self.last_failure: StartFailure | None = None
-        self.retry_at = 0.0
         self.stopping = False
         self.restarting = False
         self.restart_again: str | None = None
@@ -229,9 +229,9 @@ class AppPool:
             if not self.spawn():
                 break
 
-    def spawn(self, replacing: Worker | None = None) -> bool:
+    def spawn(self) -> bool:
         """Start one worker in the background. False when max_pool_size has no room now."""
-        if not self.poolset.reserve_slot(self, surge=replacing is not None):
+        if not self.poolset.reserve_slot(self):
             return False
         w = self._new_worker()
         self.loop.create_task(self._spawn_one(w))
@@ -342,7 +342,6 @@ class AppPool:
     def _schedule_retry(self, delay: float) -> None:
         if self._retry_handle is not None:
             self._retry_handle.cancel()
-        self.retry_at = time.monotonic() + delay
         self._retry_handle = self.loop.call_later(delay, self._retry)
 
     def _retry(self) -> None:
@@ -778,6 +777,4 @@ def rss_of(pid: int | None, psutil) -> int:
 
 
 def _exit_text(w: Worker) -> str:
-    from .worker import describe_exit
-
     return describe_exit(w.exit_code) or "unknown exit"

@@ -16,7 +16,8 @@ from .pool import AppPool
 from .runtimedir import SOCKET_NAME, WorkerDirs
 from .states import WorkerState
 from .users import apply_user
-from .worker import StartFailure, Worker
+from .spawnfail import StartFailure
+from .worker import Worker
 
 log = logging.getLogger("passenger_lite.manager")
 SWEEP_INTERVAL = 0.5
@@ -37,7 +38,6 @@ class PoolSet:
         self._sock_seq = 0
         self._dirs: WorkerDirs | None = None  # the per-worker socket folders under workers_dir
         self._sweeper: asyncio.TimerHandle | None = None
-        self.observers: list = []          # callables(pool) on spawn/exit events (metrics)
         for app in site.apps:
             self.pools[app.name] = AppPool(app, registry.get(app.type), self)
 
@@ -133,18 +133,11 @@ class PoolSet:
 
     # ------------------------------------------------------------------ start / stop
 
-    async def start(self, wait: float | None = None) -> None:
-        """Spawn every app's min_processes; with `wait`, return once each app has a ready worker,
-        has failed, or `wait` seconds have passed."""
+    async def start(self) -> None:
+        """Spawn every app's min_processes and start the periodic sweep."""
         for p in self.pools.values():
             p.ensure_min()
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
-        if wait:
-            deadline = self.loop.time() + wait
-            while self.loop.time() < deadline:
-                if all(p.ready or p.min == 0 or p.last_failure is not None for p in self.pools.values()):
-                    return
-                await asyncio.sleep(0.02)
 
     def _sweep(self) -> None:
         now = self.loop.time()

@@ -26,7 +26,6 @@ WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     W.STOPPED: frozenset(),
     W.FAILED: frozenset(),
 }
-LIVE_WORKER_STATES = frozenset({W.STARTING, W.READY, W.DRAINING, W.STOPPING})
 
 
 class AppState(enum.Enum):
