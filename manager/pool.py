@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from passenger_lite.proxy.forward import Unavailable
 from passenger_lite.spawners.base import short_command
 
-from .states import AppState, WorkerState
+from .states import APP_TRANSITIONS, AppState, WorkerState, check_transition
 from .spawnfail import StartFailure, describe_exit, hints_for
 from .worker import Worker
 
@@ -69,7 +69,6 @@ class AppPool:
         self.starting = 0                  # workers being spawned
         self.failures = 0                  # failed starts in a row
         self.last_failure: StartFailure | None = None
-        self.stopping = False
         self.restarting = False
         self.restart_again: str | None = None
         self.last_restart = ""             # "when: why" for status
@@ -192,6 +191,11 @@ class AppPool:
         return t if t is not None else self.poolset.site.config.shutdown_timeout
 
     @property
+    def stopping(self) -> bool:
+        """Shutting down or removed: no new workers, no new requests."""
+        return self.state is AppState.STOPPING or self.state is AppState.STOPPED
+
+    @property
     def live(self) -> list[Worker]:
         """Workers that count towards max_processes (not draining or stopping)."""
         return [w for w in self.workers if w.state in (W.STARTING, W.READY)]
@@ -246,8 +250,8 @@ class AppPool:
         self.workers.append(w)
         self.starting += 1
         self.spawns += 1
-        if self.state in (AppState.IDLE, AppState.STOPPED):
-            self._set_state(AppState.STARTING)
+        if self.state is AppState.IDLE:
+            self._set_state(AppState.STARTING, f"spawning worker #{wid}")
         return w
 
     def _spawn_ended(self, w: Worker) -> None:
@@ -295,8 +299,8 @@ class AppPool:
                  (time.monotonic() - t0) * 1000)
         if not self.min_uptime:
             self._proven(w)
-        if self.state is not AppState.STOPPING:
-            self._set_state(AppState.RUNNING)
+        if not self.stopping:
+            self._set_state(AppState.RUNNING, f"worker #{w.id} ready")
         if self.stopping:
             self.loop.create_task(w.stop(self.shutdown_timeout, "shutting down"))
             return
@@ -320,14 +324,18 @@ class AppPool:
                   "(not shown again)" if f.repeated else "")
         if self.failures >= FAIL_LIMIT:
             delay = FAILED_RETRY
-            self._set_state(AppState.FAILED)
-            log.error("%s: %d failed starts in a row; marked failed, next try in %g s "
-                      "(or `passenger-lite restart %s`)", self.name, self.failures, delay, self.name)
+            new, level = AppState.FAILED, logging.ERROR
+            why = (f"{self.failures} failed starts in a row; next try in {delay:g} s, "
+                   f"or `passenger-lite restart {self.name}`")
         else:
             delay = min(BACKOFF_BASE * 2 ** (self.failures - 1), BACKOFF_MAX) * random.uniform(0.75, 1.25)
-            if not self.ready:
-                self._set_state(AppState.BACKOFF)
-            log.info("%s: next start in %.1f s", self.name, delay)
+            new = AppState.BACKOFF if not self.ready else self.state  # ready workers: it keeps running
+            level = logging.INFO
+            why = f"{f.exit + '; ' if f.exit else ''}next try in {delay:.1f} s"
+        if new is not self.state:
+            self._set_state(new, why, level)
+        else:  # no transition (already failed, or ready workers keep serving): the delay still
+            log.log(level, "%s: %s (%s)", self.name, self.state.value, why)
         self._backoff_queues = after_ready and self.state is not AppState.FAILED
         if not self.ready and not self._backoff_queues:  # nobody can serve the waiting requests: tell them now
             self._fail_queue(503, f"The application {self.name!r} could not be started.", f)
@@ -349,13 +357,13 @@ class AppPool:
         if self.stopping:
             return
         if self.state in (AppState.BACKOFF, AppState.FAILED):
-            self._set_state(AppState.STARTING if not self.ready else AppState.RUNNING)
+            self._set_state(AppState.STARTING if not self.ready else AppState.RUNNING, "next try")
         if self.min > len(self.live):
             self.ensure_min()
         elif self.queue:
             self._maybe_spawn()
         elif not self.ready and not self.starting:
-            self._set_state(AppState.IDLE)
+            self._set_state(AppState.IDLE, "starts on the next request")
 
     def _fail_queue(self, status: int, message: str, problem=None) -> None:
         q = self.queue
@@ -400,7 +408,7 @@ class AppPool:
                 self._set_state(AppState.STOPPED)
             return
         if not self.ready and not self.starting and self.state is AppState.RUNNING:
-            self._set_state(AppState.IDLE)
+            self._set_state(AppState.IDLE, f"worker #{w.id} {'stopped' if expected else 'exited'}; none left")
         if crashed:
             up = time.monotonic() - w.ready_mono
             if not w.proven and up < self.min_uptime:  # a crash loop: back off as for a boot failure
@@ -480,10 +488,14 @@ class AppPool:
         w.set_state(W.STOPPING)
         self.loop.create_task(w.kill())
 
-    def _set_state(self, new: AppState) -> None:
-        if self.state is not new:
-            log.debug("%s: %s -> %s", self.name, self.state.value, new.value)
-            self.state = new
+    def _set_state(self, new: AppState, why: str = "", level: int = logging.INFO) -> None:
+        """The one writer of the app's state: checks APP_TRANSITIONS, logs the transition once."""
+        old = self.state
+        if old is new:
+            return
+        check_transition(f"app {self.name}", APP_TRANSITIONS, old, new)
+        self.state = new
+        log.log(level, "%s: %s -> %s%s", self.name, old.value, new.value, f" ({why})" if why else "")
 
     # ------------------------------------------------------------------ periodic (PoolSet.sweep)
 
@@ -623,7 +635,7 @@ class AppPool:
                     if self._retry_handle is not None:
                         self._retry_handle.cancel()
                         self._retry_handle = None
-                    self._set_state(AppState.STARTING if not self.ready else AppState.RUNNING)
+                    self._set_state(AppState.STARTING if not self.ready else AppState.RUNNING, f"restart ({reason})")
                 old = [w for w in self.workers if w.state in (W.READY, W.STARTING)]
                 log.info("%s: restarting %d worker(s): %s", self.name, len(old), reason)
                 for w in old:
@@ -656,8 +668,8 @@ class AppPool:
 
     async def stop(self, timeout: float) -> None:
         """Stop every worker: in-flight requests get up to `timeout` (the proxy drained already)."""
-        self.stopping = True
-        self._set_state(AppState.STOPPING)
+        if not self.stopping:
+            self._set_state(AppState.STOPPING, "shutting down")
         if self._retry_handle is not None:
             self._retry_handle.cancel()
         self._fail_queue(503, "The application is shutting down.")

@@ -1,7 +1,10 @@
 """States of workers and app pools, and the transitions allowed between them. A leaf module.
 
-Vocabulary from Passenger: a pool (Group) holds an app's worker processes; a worker is checked
-out for one request (a session) and given back when the response ends.
+Each state has one writer that checks the table and logs the transition once at INFO, in one
+format (`blog: running -> backoff (exit status 1; next try in 1.2 s)`): `Worker.set_state` and
+`AppPool._set_state`. Vocabulary (CONTRIBUTING.md has the glossary): PoolSet = Passenger's Pool,
+AppPool = Group, Worker = Process, Exchange = Session; a worker is checked out (`acquire`) for one
+exchange and given back (`release`) when its response ends.
 """
 from __future__ import annotations
 
@@ -36,6 +39,18 @@ class AppState(enum.Enum):
     FAILED = "failed"      # gave up for now; answers 503 with its error page, retried later
     STOPPING = "stopping"  # draining for shutdown or removal
     STOPPED = "stopped"
+
+
+A = AppState
+APP_TRANSITIONS: dict[AppState, frozenset[AppState]] = {
+    A.IDLE: frozenset({A.STARTING, A.RUNNING, A.BACKOFF, A.FAILED, A.STOPPING}),
+    A.STARTING: frozenset({A.RUNNING, A.BACKOFF, A.FAILED, A.IDLE, A.STOPPING}),
+    A.RUNNING: frozenset({A.IDLE, A.BACKOFF, A.FAILED, A.STOPPING}),
+    A.BACKOFF: frozenset({A.STARTING, A.RUNNING, A.FAILED, A.IDLE, A.STOPPING}),
+    A.FAILED: frozenset({A.STARTING, A.RUNNING, A.BACKOFF, A.STOPPING}),
+    A.STOPPING: frozenset({A.STOPPED}),
+    A.STOPPED: frozenset(),
+}
 
 
 class InvalidTransition(RuntimeError):

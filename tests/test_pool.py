@@ -373,3 +373,31 @@ def test_min_uptime_key_has_a_default_and_is_validated(tmp_path):
     with pytest.raises(config.ConfigError) as e:
         config.load(p, default_registry())
     assert [(x.key, x.line) for x in e.value.problems] == [("apps[0] (a).min_uptime", 4)]
+
+
+def test_app_transitions_are_checked_and_each_is_logged_once_at_info(monkeypatch, caplog):
+    import logging
+
+    import passenger_lite.manager.pool as poolmod
+    from passenger_lite.manager.states import InvalidTransition
+
+    clock = [1000.0]
+    monkeypatch.setattr(poolmod.time, "monotonic", lambda: clock[0])
+    caplog.set_level(logging.INFO, logger="passenger_lite.manager")
+    r, pool, loop = make_run(1, min_processes=1, min_uptime=5)
+    w = pool.workers[0]
+    w.ready_mono = clock[0]
+    clock[0] += 1.0
+    r.exit(w, code=1)                                      # within min_uptime: a failed start
+    lines = [rec.getMessage() for rec in caplog.records if " -> " in rec.getMessage()]
+    assert lines[0] == "a: running -> idle (worker #1 exited; none left)"
+    assert lines[1].startswith("a: idle -> backoff (exit status 1; next try in ") and lines[1].endswith(" s)")
+    assert all(rec.levelno == logging.INFO for rec in caplog.records if " -> " in rec.getMessage())
+    loop.fire("_retry")
+    r.check()
+    assert [rec.getMessage() for rec in caplog.records].count("a: backoff -> starting (next try)") == 1
+    assert pool.state is AppState.STARTING and pool.starting == 1
+    pool.state = AppState.STOPPED
+    with pytest.raises(InvalidTransition):                 # a stopped app never comes back
+        pool._set_state(AppState.RUNNING)
+    assert pool.stopping
