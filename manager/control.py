@@ -85,7 +85,7 @@ class ControlServer:
                     held[ex.worker] = held.get(ex.worker, 0) + 1
         problems = {}
         for name, pool in (rt.poolset.pools.items() if rt.poolset is not None else ()):
-            found = pool.check_invariants({w: n for w, n in held.items() if w.pool is pool})
+            found = pool.check_invariants({w: n for w, n in held.items() if w.app == name})
             if found:
                 problems[name] = found
         return web.json_response({"ok": not problems, "problems": problems})

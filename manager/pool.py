@@ -29,7 +29,7 @@ import random
 import signal
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from passenger_lite.proxy.forward import Unavailable
 from passenger_lite.spawners.base import short_command
@@ -39,9 +39,8 @@ from .spawnfail import StartFailure, describe_exit, hints_for
 from .worker import Worker
 
 if TYPE_CHECKING:
-    from passenger_lite.manager.config import AppConfig
-
-    from .poolset import PoolSet
+    from passenger_lite.manager.config import AppConfig, Site
+    from passenger_lite.spawners.base import WorkerSpec
 
 log = logging.getLogger("passenger_lite.manager")
 W = WorkerState
@@ -58,8 +57,24 @@ CONFIRM_EXIT = 1.0      # a worker reported unreachable or hung: wait this long 
 SLOT_WAIT_EXTRA = DRAIN_KILL_AFTER + 2.0  # a restart waits shutdown_timeout plus this for a slot beside the old worker
 
 
+class PoolHost(Protocol):
+    """What an AppPool needs from the set of pools it is in (manager/poolset.py's PoolSet)."""
+
+    loop: asyncio.AbstractEventLoop
+    site: "Site"
+    printer: object
+    watchdog: object
+
+    def reserve_slot(self, pool: "AppPool", surge: bool = False) -> bool: ...
+    def wants_slot(self, pool: "AppPool") -> bool: ...
+    async def wait_for_slot(self, timeout: float) -> None: ...
+    def slot_freed(self) -> None: ...
+    def new_worker(self, pool: "AppPool", wid: int) -> Worker: ...
+    def worker_spec(self, pool: "AppPool", w: Worker) -> "WorkerSpec": ...
+
+
 class AppPool:
-    def __init__(self, app: "AppConfig", spawner, poolset: "PoolSet"):
+    def __init__(self, app: "AppConfig", spawner, poolset: PoolHost):
         self.poolset = poolset
         self.spawner = spawner
         self.workers: list[Worker] = []
@@ -240,6 +255,11 @@ class AppPool:
         w = self._new_worker()
         self.loop.create_task(self._spawn_one(w))
         return True
+
+    def make_worker(self, wid: int, sock: str, port: int | None = None) -> Worker:
+        """A Worker of this app that reports its transitions and its exit here."""
+        return Worker(self.app, wid, sock, port, on_state=self.on_worker_state, on_exit=self.on_worker_exit,
+                      last_failure=lambda: self.last_failure)
 
     def _new_worker(self) -> Worker:
         """A STARTING worker, counted in `starting` until its spawn ends (its slot is reserved)."""
@@ -708,7 +728,7 @@ class AppPool:
             w = self._pick()
             if w is not None:
                 problems.append(f"{len(self.queue)} request(s) wait while #{w.id} could take one")
-            full = len(self.live) >= self.max or self in self.poolset._waiting
+            full = len(self.live) >= self.max or self.poolset.wants_slot(self)
             if not (self.starting or full or self._retry_handle is not None or self.stopping):
                 problems.append(f"{len(self.queue)} request(s) wait, no worker is starting and the pool is not full")
             gone = sum(1 for ex in self.queue if ex.finished)

@@ -17,7 +17,6 @@ from .runtimedir import SOCKET_NAME, WorkerDirs
 from .states import WorkerState
 from .users import apply_user
 from .spawnfail import StartFailure
-from .worker import Worker
 
 log = logging.getLogger("passenger_lite.manager")
 SWEEP_INTERVAL = 0.5
@@ -49,7 +48,7 @@ class PoolSet:
         wants_port = getattr(pool.spawner, "wants_port", None)  # optional per-app choice (command spawner)
         uses_port = wants_port(pool.app) if wants_port is not None else getattr(pool.spawner, "uses_port", False)
         port = _free_port() if uses_port else None
-        return Worker(pool, wid, sock, port)
+        return pool.make_worker(wid, sock, port)
 
     def worker_spec(self, pool: AppPool, w: Worker) -> WorkerSpec:
         """The worker's command; also settles its user and makes its socket folder (issue 7).
@@ -61,7 +60,7 @@ class PoolSet:
         folder = Path(w.sock).parent.name
         dirs = self._worker_dirs()
         dirs.prune()
-        dirs.track(folder, w)
+        dirs.track(folder, w, pool.workers)
         dirs.make(folder, w.user)
         if w.port is None:  # once it answers, the worker may no longer swap its socket
             w.on_answer = lambda: dirs.seal(folder, w.user)
@@ -96,16 +95,20 @@ class PoolSet:
             limit += sum(p._surge for p in self.pools.values())
         if self.live_count() < limit:
             return True
-        victims = [w for p in self.pools.values() if p is not pool and len(p.live) > p.min
+        victims = [(w, p) for p in self.pools.values() if p is not pool and len(p.live) > p.min
                    for w in p.ready if not w.in_flight]
         if victims:
-            v = min(victims, key=lambda w: w.last_used)
+            v, vp = min(victims, key=lambda x: x[0].last_used)
             log.info("max_pool_size (%d) reached: stopping idle %s to make room for %s",
                      self.site.config.max_pool_size, v.label, pool.name)
-            self.loop.create_task(v.stop(v.pool.shutdown_timeout, f"making room for {pool.name}"))
+            self.loop.create_task(v.stop(vp.shutdown_timeout, f"making room for {pool.name}"))
         if pool not in self._waiting:
             self._waiting.append(pool)
         return False
+
+    def wants_slot(self, pool: AppPool) -> bool:
+        """Did `pool` ask for a slot that max_pool_size had no room for (it is told when one frees)?"""
+        return pool in self._waiting
 
     async def wait_for_slot(self, timeout: float) -> None:
         """Until a worker ends somewhere (a slot may be free), or `timeout`."""

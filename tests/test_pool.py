@@ -10,7 +10,6 @@ import pytest
 from passenger_lite.manager.config import AppConfig
 from passenger_lite.manager.pool import FAIL_LIMIT, AppPool
 from passenger_lite.manager.states import AppState, WorkerState
-from passenger_lite.manager.worker import Worker
 from passenger_lite.proxy.forward import Unavailable
 
 W = WorkerState
@@ -56,8 +55,11 @@ class FakePoolSet:
             self._waiting.append(pool)
         return self.room
 
+    def wants_slot(self, pool):
+        return pool in self._waiting
+
     def new_worker(self, pool, wid):
-        return Worker(pool, wid, f"/nonexistent/{wid}.sock")
+        return pool.make_worker(wid, f"/nonexistent/{wid}.sock")
 
     def slot_freed(self):
         self._waiting = []
@@ -137,7 +139,7 @@ def make_pool(n_workers=1, **kw):
     ps = FakePoolSet()
     pool = AppPool(app, spawner=None, poolset=ps)
     for i in range(n_workers):
-        w = Worker(pool, i + 1, f"/nonexistent/{i}.sock")
+        w = pool.make_worker(i + 1, f"/nonexistent/{i}.sock")
         w.pid = 10_000 + i
         w.ready_mono = 1.0
         pool.workers.append(w)
