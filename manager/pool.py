@@ -212,7 +212,8 @@ class AppPool:
 
     @property
     def live(self) -> list[Worker]:
-        """Workers that count towards max_processes (not draining or stopping)."""
+        """STARTING and READY workers: what max_processes counts (PoolSet.process_count, for
+        max_pool_size, also counts the draining and stopping ones)."""
         return [w for w in self.workers if w.state in (W.STARTING, W.READY)]
 
     # ------------------------------------------------------------------ spawning

@@ -79,7 +79,9 @@ class PoolSet:
     def user_for(self, app: AppConfig):
         return self.users.for_app(app) if self.users is not None else None
 
-    def live_count(self) -> int:
+    def process_count(self) -> int:
+        """Workers whose process runs (also draining or stopping): what max_pool_size counts.
+        Not AppPool.live, the STARTING and READY workers that max_processes counts."""
         return sum(1 for p in self.pools.values() for w in p.workers
                    if w.state in (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING,
                                   WorkerState.STOPPING))
@@ -93,7 +95,7 @@ class PoolSet:
         limit = self.site.config.max_pool_size
         if surge:
             limit += sum(p._surge for p in self.pools.values())
-        if self.live_count() < limit:
+        if self.process_count() < limit:
             return True
         victims = [(w, p) for p in self.pools.values() if p is not pool and len(p.live) > p.min
                    for w in p.ready if not w.in_flight]

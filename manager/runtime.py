@@ -226,7 +226,7 @@ class Runtime:
             "listen": self.proxy.urls() if self.proxy else [],
             "draining": self.draining,
             "max_pool_size": self.site.config.max_pool_size,
-            "workers": self.poolset.live_count() if self.poolset else 0,
+            "workers": self.poolset.process_count() if self.poolset else 0,
             "apps": self.poolset.snapshot() if self.poolset else [],
         }
 
