@@ -66,7 +66,7 @@ class ControlServer:
     async def status(self, request: web.Request) -> web.Response:
         import psutil
 
-        from .pool import rss_of
+        from .lifecycle import rss_of
 
         if self.runtime.poolset is not None:  # RSS is measured now, worker plus its children
             for pool in self.runtime.poolset.pools.values():

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 
-from .pool import rss_of
+from .lifecycle import rss_of
 from .states import AppState, WorkerState
 
 log = logging.getLogger("passenger_lite.manager")

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from passenger_lite.manager.config import AppConfig
-from passenger_lite.manager.pool import FAIL_LIMIT, AppPool
+from passenger_lite.manager.lifecycle import FAIL_LIMIT
+from passenger_lite.manager.pool import AppPool
 from passenger_lite.manager.states import AppState, WorkerState
 from passenger_lite.proxy.forward import Unavailable
 
