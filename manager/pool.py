@@ -265,10 +265,7 @@ class AppPool(Lifecycle):
         wid = w.id
         t0 = time.monotonic()
         try:
-            spec = self.poolset.worker_spec(self, w)
-            log.info("%s: spawning worker #%d: %s", self.name, wid, short_command(spec.argv))
-            await w.start(spec, self.app.start_timeout, self.poolset.printer, self.poolset.watchdog,
-                          user=w.user)
+            await self.start_worker(w)
         except StartFailure as f:
             self._spawn_ended(w)
             if w.stop_reason:  # we stopped it while it started (a restart): not the app's failure
@@ -289,6 +286,13 @@ class AppPool(Lifecycle):
             return None
         self._became_ready(w, t0)
         return w
+
+    async def start_worker(self, w: Worker) -> None:
+        """The start seam: spawn `w`'s process and return once it answers (READY), or raise
+        StartFailure. Unit tests give a pool a scripted one instead (no processes)."""
+        spec = self.poolset.worker_spec(self, w)
+        log.info("%s: spawning worker #%d: %s", self.name, w.id, short_command(spec.argv))
+        await w.start(spec, self.app.start_timeout, self.poolset.printer, self.poolset.watchdog, user=w.user)
 
     def _became_ready(self, w: Worker, t0: float) -> None:
         """`w` answered its readiness probe (it is READY): its spawn ends, the queue gets it."""

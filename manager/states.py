@@ -1,8 +1,8 @@
 """States of workers and app pools, and the transitions allowed between them. A leaf module.
 
-Each state has one writer that checks the table and logs the transition once at INFO, in one
-format (`blog: running -> backoff (exit status 1; next try in 1.2 s)`): `Worker.set_state` and
-`AppPool._set_state`. Vocabulary (CONTRIBUTING.md has the glossary): PoolSet = Passenger's Pool,
+Each state has one writer that checks its table: `Worker.set_state` (its pool hears of every
+transition) and `AppPool._set_state`, which logs each app transition once at INFO, in one format
+(`blog: running -> backoff (exit status 1; next try in 1.2 s)`). Vocabulary (CONTRIBUTING.md has the glossary): PoolSet = Passenger's Pool,
 AppPool = Group, Worker = Process, Exchange = Session; a worker is checked out (`acquire`) for one
 exchange and given back (`release`) when its response ends.
 """
