@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-from .extras import hook_observers, unhook_observers
 from .output import log_path
 
 log = logging.getLogger("passenger_lite.manager")
@@ -120,10 +119,10 @@ class AccessLog:
 
         self._loop = asyncio.get_running_loop()
         self._open()
-        hook_observers(self.runtime.proxy, self)
+        self.runtime.proxy.add_observer(self.observe, self.observe_early)
 
     async def stop(self) -> None:
-        unhook_observers(self.runtime.proxy, self)
+        self.runtime.proxy.remove_observer(self.observe, self.observe_early)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -51,7 +51,7 @@ def cmd_start(a: argparse.Namespace) -> int:
         site.config.environment = "development"
     from passenger_lite.proxy.front import CParserMissing, require_c_parser
 
-    from .display import startup_display
+    from .bootscreen import startup_display
     from .output import Printer, open_log_stream, setup_logging
     from .runtime import run
     from .runtimedir import RuntimeDirError
@@ -215,7 +215,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(data, indent=2))
         return 0
-    from .status import render_status
+    from .statusview import render_status
 
     print(render_status(data))
     return 0

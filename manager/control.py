@@ -66,7 +66,7 @@ class ControlServer:
     async def status(self, request: web.Request) -> web.Response:
         import psutil
 
-        from .pool import rss_of
+        from .lifecycle import rss_of
 
         if self.runtime.poolset is not None:  # RSS is measured now, worker plus its children
             for pool in self.runtime.poolset.pools.values():
@@ -86,7 +86,7 @@ class ControlServer:
                     held[ex.worker] = held.get(ex.worker, 0) + 1
         problems = {}
         for name, pool in (rt.poolset.pools.items() if rt.poolset is not None else ()):
-            found = pool.check_invariants({w: n for w, n in held.items() if w.pool is pool})
+            found = pool.check_invariants({w: n for w, n in held.items() if w.app == name})
             if found:
                 problems[name] = found
         return web.json_response({"ok": not problems, "problems": problems})

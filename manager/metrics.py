@@ -23,8 +23,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 
-from .extras import hook_observers, unhook_observers
-from .pool import rss_of
+from .lifecycle import rss_of
 from .states import AppState, WorkerState
 
 log = logging.getLogger("passenger_lite.manager")
@@ -141,7 +140,7 @@ class Metrics:
         if addr.kind == "tcp" and addr.port == 0:
             addr.port = self.runner.addresses[0][1]  # ephemeral: the port we got
         self.address = addr
-        hook_observers(self.runtime.proxy, self)
+        self.runtime.proxy.add_observer(self.observe, self.observe_early)
         log.info("metrics on %s/metrics, health on %s/health", self.url(), self.url())
 
     def url(self) -> str:
@@ -149,7 +148,7 @@ class Metrics:
         return f"unix:{a.path}" if a.kind == "unix" else f"http://{a}"
 
     async def stop(self) -> None:
-        unhook_observers(self.runtime.proxy, self)
+        self.runtime.proxy.remove_observer(self.observe, self.observe_early)
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

@@ -179,3 +179,16 @@ def setup_logging(fmt: str = "text", stream: TextIO | None = None, level: int = 
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
+
+
+def reopen_logs(files: list) -> None:
+    """SIGUSR1 (through the runtime's command queue): reopen the log files (access_log, log_file)
+    after logrotate moved them."""
+    files = [f for f in files if f is not None and hasattr(f, "reopen")]
+    for f in files:
+        try:
+            f.reopen()
+        except OSError as e:
+            logging.getLogger("passenger_lite.manager").error("cannot reopen a log file: %s", e)
+    if files:
+        logging.getLogger("passenger_lite.manager").info("log files reopened (SIGUSR1)")

@@ -1,22 +1,11 @@
-"""AppPool: one app's workers, its FIFO wait queue, and the decisions about them.
+"""AppPool: one app's checkout (acquire, release, cancel), its FIFO wait queue, and spawn admission.
 
 Checkout follows Passenger: the least busy ready worker (in-flight / concurrency) that has room
 takes the request; when every worker is full the request waits in the app's queue (`max_queue`,
 then 503; `queue_timeout`, then 504) and one more worker is spawned while the app is below
 `max_processes`. Apps with concurrency 0 never fill up; they scale out when in-flight requests per
-worker pass `scale_threshold`.
-
-Lifecycle (issue 4): failed starts back off exponentially with jitter and, after
-FAIL_LIMIT in a row, the app is marked failed (503 with its error page) and retried later;
-crashed workers are replaced; idle workers stop after `idle_timeout` down to `min_processes`;
-workers are recycled after `max_requests` or past `memory_limit`; restarts are rolling (the new
-worker is ready before the old one stops taking requests, then the old one drains).
-
-Faults (issue 11): a worker is out of rotation and replaced the same way whichever path notices
-first: its exit, a request that cannot reach it, a response that times out, an idle worker that
-does not answer a liveness probe. An exit within `min_uptime` of becoming ready is a failed start
-(supervisor's startsecs). A drain ends at shutdown_timeout: the worker is killed then. A rolling
-restart waits for a free slot under max_pool_size, else replaces the worker in place.
+worker pass `scale_threshold`. What happens to the workers over time (backoff, retry, crashes,
+hangs, drains, recycling, rolling restart, the sweeps) is manager/lifecycle.py, mixed in.
 `check_invariants()` states what must hold between any two events (Passenger's Group invariants).
 
 `acquire`, `release` and `cancel` are the proxy's hot path: plain attribute work, no awaits.
@@ -25,40 +14,44 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import signal
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from passenger_lite.proxy.forward import Unavailable
 from passenger_lite.spawners.base import short_command
 
-from .states import AppState, WorkerState
-from .worker import StartFailure, Worker, hints_for
+from .lifecycle import MEMORY_CHECK_AFTER_REQUEST, Lifecycle
+from .spawnfail import StartFailure
+from .states import APP_TRANSITIONS, AppState, WorkerState, check_transition
+from .worker import Worker
 
 if TYPE_CHECKING:
-    from passenger_lite.manager.config import AppConfig
-
-    from .poolset import PoolSet
+    from passenger_lite.manager.config import AppConfig, Site
+    from passenger_lite.spawners.base import WorkerSpec
 
 log = logging.getLogger("passenger_lite.manager")
 W = WorkerState
-FAIL_LIMIT = 5          # failed starts in a row before the app is marked failed
-BACKOFF_BASE = 0.5      # seconds; doubles per failure, with +-25 % jitter
-BACKOFF_MAX = 30.0
-FAILED_RETRY = 60.0     # a failed app is tried again after this long (or on restart)
-MEMORY_CHECK_EVERY = 2.0
-MEMORY_CHECK_AFTER_REQUEST = 0.05  # memory_limit: a worker's RSS is read after a request, at most this often
-DRAIN_KILL_AFTER = 3.0  # past shutdown_timeout: the proxy closes its WebSockets (1001) and timeouts first
-LIVENESS_IDLE = 5.0     # an idle worker is probed after this long without a request, and this often
-LIVENESS_TIMEOUT = 10.0  # ...and must answer within response_timeout, at most this
-CONFIRM_EXIT = 1.0      # a worker reported unreachable or hung: wait this long to see whether it exited
-SLOT_WAIT_EXTRA = DRAIN_KILL_AFTER + 2.0  # a restart waits shutdown_timeout plus this for a slot beside the old worker
 
 
-class AppPool:
-    def __init__(self, app: "AppConfig", spawner, poolset: "PoolSet"):
+class PoolHost(Protocol):
+    """What an AppPool needs from the set of pools it is in (manager/poolset.py's PoolSet)."""
+
+    loop: asyncio.AbstractEventLoop
+    site: "Site"
+    printer: object
+    watchdog: object
+
+    def reserve_slot(self, pool: "AppPool", surge: bool = False) -> bool: ...
+    def wants_slot(self, pool: "AppPool") -> bool: ...
+    async def wait_for_slot(self, timeout: float) -> None: ...
+    def slot_freed(self) -> None: ...
+    def new_worker(self, pool: "AppPool", wid: int) -> Worker: ...
+    def worker_spec(self, pool: "AppPool", w: Worker) -> "WorkerSpec": ...
+
+
+class AppPool(Lifecycle):
+    def __init__(self, app: "AppConfig", spawner, poolset: PoolHost):
         self.poolset = poolset
         self.spawner = spawner
         self.workers: list[Worker] = []
@@ -68,8 +61,6 @@ class AppPool:
         self.starting = 0                  # workers being spawned
         self.failures = 0                  # failed starts in a row
         self.last_failure: StartFailure | None = None
-        self.retry_at = 0.0
-        self.stopping = False
         self.restarting = False
         self.restart_again: str | None = None
         self.last_restart = ""             # "when: why" for status
@@ -192,8 +183,14 @@ class AppPool:
         return t if t is not None else self.poolset.site.config.shutdown_timeout
 
     @property
+    def stopping(self) -> bool:
+        """Shutting down or removed: no new workers, no new requests."""
+        return self.state is AppState.STOPPING or self.state is AppState.STOPPED
+
+    @property
     def live(self) -> list[Worker]:
-        """Workers that count towards max_processes (not draining or stopping)."""
+        """STARTING and READY workers: what max_processes counts (PoolSet.process_count, for
+        max_pool_size, also counts the draining and stopping ones)."""
         return [w for w in self.workers if w.state in (W.STARTING, W.READY)]
 
     # ------------------------------------------------------------------ spawning
@@ -229,13 +226,18 @@ class AppPool:
             if not self.spawn():
                 break
 
-    def spawn(self, replacing: Worker | None = None) -> bool:
+    def spawn(self) -> bool:
         """Start one worker in the background. False when max_pool_size has no room now."""
-        if not self.poolset.reserve_slot(self, surge=replacing is not None):
+        if not self.poolset.reserve_slot(self):
             return False
         w = self._new_worker()
         self.loop.create_task(self._spawn_one(w))
         return True
+
+    def make_worker(self, wid: int, sock: str, port: int | None = None) -> Worker:
+        """A Worker of this app that reports its transitions and its exit here."""
+        return Worker(self.app, wid, sock, port, on_state=self.on_worker_state, on_exit=self.on_worker_exit,
+                      last_failure=lambda: self.last_failure)
 
     def _new_worker(self) -> Worker:
         """A STARTING worker, counted in `starting` until its spawn ends (its slot is reserved)."""
@@ -246,8 +248,8 @@ class AppPool:
         self.workers.append(w)
         self.starting += 1
         self.spawns += 1
-        if self.state in (AppState.IDLE, AppState.STOPPED):
-            self._set_state(AppState.STARTING)
+        if self.state is AppState.IDLE:
+            self._set_state(AppState.STARTING, f"spawning worker #{wid}")
         return w
 
     def _spawn_ended(self, w: Worker) -> None:
@@ -263,10 +265,7 @@ class AppPool:
         wid = w.id
         t0 = time.monotonic()
         try:
-            spec = self.poolset.worker_spec(self, w)
-            log.info("%s: spawning worker #%d: %s", self.name, wid, short_command(spec.argv))
-            await w.start(spec, self.app.start_timeout, self.poolset.printer, self.poolset.watchdog,
-                          user=w.user)
+            await self.start_worker(w)
         except StartFailure as f:
             self._spawn_ended(w)
             if w.stop_reason:  # we stopped it while it started (a restart): not the app's failure
@@ -288,6 +287,13 @@ class AppPool:
         self._became_ready(w, t0)
         return w
 
+    async def start_worker(self, w: Worker) -> None:
+        """The start seam: spawn `w`'s process and return once it answers (READY), or raise
+        StartFailure. Unit tests give a pool a scripted one instead (no processes)."""
+        spec = self.poolset.worker_spec(self, w)
+        log.info("%s: spawning worker #%d: %s", self.name, w.id, short_command(spec.argv))
+        await w.start(spec, self.app.start_timeout, self.poolset.printer, self.poolset.watchdog, user=w.user)
+
     def _became_ready(self, w: Worker, t0: float) -> None:
         """`w` answered its readiness probe (it is READY): its spawn ends, the queue gets it."""
         self._spawn_ended(w)
@@ -295,8 +301,8 @@ class AppPool:
                  (time.monotonic() - t0) * 1000)
         if not self.min_uptime:
             self._proven(w)
-        if self.state is not AppState.STOPPING:
-            self._set_state(AppState.RUNNING)
+        if not self.stopping:
+            self._set_state(AppState.RUNNING, f"worker #{w.id} ready")
         if self.stopping:
             self.loop.create_task(w.stop(self.shutdown_timeout, "shutting down"))
             return
@@ -304,59 +310,6 @@ class AppPool:
             self._dispatch_queue()
             if self.queue:
                 self._maybe_spawn()
-
-    def _start_failed(self, f: StartFailure, after_ready: bool = False) -> None:
-        """A failed start: back off, or mark the app failed. `after_ready`: the worker booted and
-        exited within min_uptime; until the app is marked failed, requests wait for the next try
-        (it may have been one crash) instead of getting 503 at once as for a boot failure."""
-        if self.stopping:  # stopped while starting: not a failure of the app
-            return
-        self.failures += 1
-        self.failed_starts += 1
-        self.last_failure = f
-        # its output was printed as it came (smoke shows it in its table): not again here
-        log.error("%s: worker failed to start: %s%s", self.name, f.message,
-                  f"; the same {len(f.output.splitlines())} line(s) of output as the last failed start "
-                  "(not shown again)" if f.repeated else "")
-        if self.failures >= FAIL_LIMIT:
-            delay = FAILED_RETRY
-            self._set_state(AppState.FAILED)
-            log.error("%s: %d failed starts in a row; marked failed, next try in %g s "
-                      "(or `passenger-lite restart %s`)", self.name, self.failures, delay, self.name)
-        else:
-            delay = min(BACKOFF_BASE * 2 ** (self.failures - 1), BACKOFF_MAX) * random.uniform(0.75, 1.25)
-            if not self.ready:
-                self._set_state(AppState.BACKOFF)
-            log.info("%s: next start in %.1f s", self.name, delay)
-        self._backoff_queues = after_ready and self.state is not AppState.FAILED
-        if not self.ready and not self._backoff_queues:  # nobody can serve the waiting requests: tell them now
-            self._fail_queue(503, f"The application {self.name!r} could not be started.", f)
-        self._schedule_retry(delay)
-
-    def _proven(self, w: Worker) -> None:
-        """`w` stayed up min_uptime after it became ready: the app starts fine (failures reset)."""
-        w.proven = True
-        self.failures = 0
-        self.last_failure = None
-
-    def _schedule_retry(self, delay: float) -> None:
-        if self._retry_handle is not None:
-            self._retry_handle.cancel()
-        self.retry_at = time.monotonic() + delay
-        self._retry_handle = self.loop.call_later(delay, self._retry)
-
-    def _retry(self) -> None:
-        self._retry_handle = None
-        if self.stopping:
-            return
-        if self.state in (AppState.BACKOFF, AppState.FAILED):
-            self._set_state(AppState.STARTING if not self.ready else AppState.RUNNING)
-        if self.min > len(self.live):
-            self.ensure_min()
-        elif self.queue:
-            self._maybe_spawn()
-        elif not self.ready and not self.starting:
-            self._set_state(AppState.IDLE)
 
     def _fail_queue(self, status: int, message: str, problem=None) -> None:
         q = self.queue
@@ -374,127 +327,21 @@ class AppPool:
         if why and (new is W.DRAINING or (new is W.STOPPING and old is not W.DRAINING)):
             log.info("%s: stopping worker #%d (pid %s): %s", self.name, w.id, w.pid, why)
 
-    def on_worker_exit(self, w: Worker) -> None:
-        """The process is gone. The one place a crash is counted and handled, whether its exit or a
-        failed request (worker_failed: out of rotation first, then here) noticed it first."""
-        expected = w.state is W.STOPPING
-        if w.state not in (W.STOPPED, W.FAILED):
-            w.set_state(W.STOPPED if expected else W.FAILED)
-        if w.drain_timer is not None:
-            w.drain_timer.cancel()
-            w.drain_timer = None
-        if w in self.workers and not w.spawning:  # a spawning one is removed when its spawn ends
-            self.workers.remove(w)
-        if not w.handover:
-            self.poolset.slot_freed()
-        crashed = not expected and w.ready_mono
-        if crashed:
-            self.crashes += 1
-            log.warning("%s: worker #%d (pid %s) exited unexpectedly (%s)%s; %d request(s) were in flight",
-                        self.name, w.id, w.pid, _exit_text(w), f" after {w.fault}" if w.fault else "",
-                        w.in_flight)
-        elif expected:
-            plain = w.exit_code in (0, -signal.SIGTERM)  # it did as asked: no need to say how
-            log.info("%s: worker #%d (pid %s) stopped%s", self.name, w.id, w.pid, "" if plain else f" ({_exit_text(w)})")
-        if self.stopping:
-            if not self.workers:
-                self._set_state(AppState.STOPPED)
+    def _set_state(self, new: AppState, why: str = "", level: int = logging.INFO) -> None:
+        """The one writer of the app's state: checks APP_TRANSITIONS, logs the transition once."""
+        old = self.state
+        if old is new:
             return
-        if not self.ready and not self.starting and self.state is AppState.RUNNING:
-            self._set_state(AppState.IDLE)
-        if crashed:
-            up = time.monotonic() - w.ready_mono
-            if not w.proven and up < self.min_uptime:  # a crash loop: back off as for a boot failure
-                self._start_failed(StartFailure(
-                    self.name, "start", f"the worker exited {up:.1f} s after it became ready ({_exit_text(w)}); "
-                    f"an exit within min_uptime ({self.min_uptime:g} s) counts as a failed start",
-                    command=w.command, cwd=w.cwd, exit=_exit_text(w), output="\n".join(w.output),
-                    hints=hints_for("\n".join(w.output))), after_ready=True)
-            else:
-                self.ensure_min()
-        if self.queue:
-            self._dispatch_queue()
-            if self.queue:
-                self._maybe_spawn()
-
-    def worker_failed(self, w: Worker, why: str) -> None:
-        """A request could not reach `w`, or it did not answer in time: out of rotation now. If
-        it exited, on_worker_exit handles it as any crash; if it lives, it is hung: replaced."""
-        if w.fault or w.state not in (W.READY, W.DRAINING):
-            return
-        w.fault = why
-        w.confirming = True
-        log.warning("%s: %s; taking it out of rotation", w.label, why)
-        if w.state is W.READY:
-            w.stop_reason = why
-            w.set_state(W.DRAINING, why)
-        self.loop.create_task(self._confirm_fault(w, why))
-        if self.queue and not self.stopping:  # requests wait: not for the check below
-            self._dispatch_queue()
-            if self.queue:
-                self._maybe_spawn()
-
-    async def _confirm_fault(self, w: Worker, why: str) -> None:
-        try:
-            if await w.wait_exit(CONFIRM_EXIT):
-                return  # it had died: counted and replaced by on_worker_exit
-        finally:
-            w.confirming = False
-        if w.state is not W.DRAINING:
-            return
-        self.hangs += 1
-        log.warning("%s (pid %s) is alive but %s: replacing it", w.label, w.pid, why)
-        self._drain(w, why)
-        if not self.stopping:
-            self.ensure_min()
-            if self.queue:
-                self._maybe_spawn()
-
-    def _drain(self, w: Worker, why: str) -> None:
-        """No new requests for `w`; it stops once its requests end, or is killed (with its process
-        group) shutdown_timeout after it began draining (plus DRAIN_KILL_AFTER, so that the proxy's
-        own end of a drain, 1001 to WebSockets, comes first)."""
-        if w.state is W.READY:
-            w.stop_reason = why
-            w.set_state(W.DRAINING, why)
-        if w.state is not W.DRAINING:
-            return
-        if w.drain_timer is None:
-            w.drain_deadline = self.loop.time() + self.shutdown_timeout
-            w.drain_timer = self.loop.call_later(self.shutdown_timeout + DRAIN_KILL_AFTER, self._drain_expired, w)
-        if not w.in_flight and not w.confirming:
-            self.loop.create_task(w.stop(self._grace(w), why))
-
-    def _grace(self, w: Worker) -> float:
-        """TERM -> KILL time for a worker that leaves: what is left of its drain (at least 1 s)."""
-        if w.drain_timer is None:
-            return self.shutdown_timeout
-        return max(w.drain_deadline - self.loop.time(), 1.0)
-
-    def _drain_expired(self, w: Worker) -> None:
-        w.drain_timer = None
-        if w.state is not W.DRAINING:
-            return
-        why = w.stop_reason or "draining"
-        log.warning("%s (pid %s): %d request(s) still in flight after shutdown_timeout (%g s) of draining "
-                    "(%s): killing it", w.label, w.pid, w.in_flight, self.shutdown_timeout, why)
-        w.set_state(W.STOPPING)
-        self.loop.create_task(w.kill())
-
-    def _set_state(self, new: AppState) -> None:
-        if self.state is not new:
-            log.debug("%s: %s -> %s", self.name, self.state.value, new.value)
-            self.state = new
+        check_transition(f"app {self.name}", APP_TRANSITIONS, old, new)
+        self.state = new
+        log.log(level, "%s: %s -> %s%s", self.name, old.value, new.value, f" ({why})" if why else "")
 
     # ------------------------------------------------------------------ periodic (PoolSet.sweep)
 
     def sweep(self, now: float, mono: float) -> None:
-        for w in self.ready:
-            if not w.proven and mono - w.ready_mono >= self.min_uptime:
-                self._proven(w)
-            if not w.in_flight and not w.probing and mono - max(w.last_used, w.probed) >= LIVENESS_IDLE:
-                w.probing = True
-                self.loop.create_task(self._liveness(w))
+        """Every SWEEP_INTERVAL (PoolSet): the lifecycle's look at the workers, and 504 to the
+        requests that waited past queue_timeout."""
+        self._sweep_ready(mono)
         q = self.queue
         if q and (self.ready or not self.starting):
             # while the first worker is still starting, waiting requests are bounded by start_timeout
@@ -502,170 +349,7 @@ class AppPool:
                 ex = q.popleft()
                 ex.on_unavailable(504, "The request waited too long for a free worker.",
                                   None)
-        if self.stopping or self.restarting:
-            return
-        idle_timeout = self.app.idle_timeout
-        if idle_timeout and len(self.live) > self.min:
-            idle = [w for w in self.ready if not w.in_flight and mono - w.last_used > idle_timeout]
-            if idle:
-                w = min(idle, key=lambda x: x.last_used)
-                self.loop.create_task(w.stop(self.shutdown_timeout, f"idle for {idle_timeout:g} s"))
-        if self.app.memory_limit:
-            self._check_memory(mono)
-
-    async def _liveness(self, w: Worker) -> None:
-        """An idle worker must answer a request (OPTIONS *, any status) within response_timeout."""
-        used = w.last_used
-        timeout = min(self.response_timeout, LIVENESS_TIMEOUT)
-        try:
-            ok = await w._probe(timeout)
-        finally:
-            w.probing = False
-            w.probed = time.monotonic()
-        if not ok and w.state is W.READY and not w.in_flight and w.last_used == used:
-            self.worker_failed(w, f"did not answer a liveness probe within {timeout:g} s")
-
-    def _check_memory(self, mono: float) -> None:
-        import psutil
-
-        limit = self.app.memory_limit * 1024 * 1024
-        for w in list(self.ready):
-            if mono - w.mem_checked < MEMORY_CHECK_EVERY:
-                continue
-            w.mem_checked = mono
-            w.rss = rss_of(w.pid, psutil)
-            if w.rss > limit:
-                self.recycle(w, f"uses {w.rss / 1048576:.0f} MiB (memory_limit {self.app.memory_limit} MiB)")
-
-    def _check_memory_now(self, w: Worker) -> None:
-        """After a request: the worker's own RSS (one psutil read; the sweep adds its children)."""
-        import psutil
-
-        w.mem_quick = w.last_used
-        if w.state is not W.READY or w.recycling or w.pid is None:
-            return
-        try:
-            rss = psutil.Process(w.pid).memory_info().rss
-        except psutil.Error:
-            return
-        if rss > self.app.memory_limit * 1024 * 1024:
-            w.rss = max(w.rss, rss)
-            self.recycle(w, f"uses {rss / 1048576:.0f} MiB (memory_limit {self.app.memory_limit} MiB)")
-
-    # ------------------------------------------------------------------ restart, recycle, stop
-
-    def recycle(self, w: Worker, why: str) -> None:
-        """Replace `w` gracefully: the replacement is ready before `w` stops taking requests."""
-        if w.recycling or self.stopping:
-            return
-        w.recycling = True
-        self.loop.create_task(self._replace(w, why))
-
-    async def _replace(self, old: Worker, why: str) -> str:
-        """Replace `old`: "replaced" (the new worker was ready first), "in place" (no slot beside it
-        under max_pool_size within shutdown_timeout: it drained first), "gone" (it ended meanwhile)
-        or "failed" (the new worker failed to start: see last_failure; `old` keeps serving)."""
-        self._surge += 1
-        try:
-            got = await self._wait_for_slot(old, self.loop.time() + self.shutdown_timeout + SLOT_WAIT_EXTRA)
-            new = await self._spawn_one(self._new_worker()) if got else None
-        finally:
-            self._surge -= 1
-        if got:
-            if new is None:
-                old.recycling = False
-                return "failed"
-            if old.state is W.READY:
-                self._drain(old, why)
-                if not old.in_flight:  # its slot is free again before the next replacement asks
-                    await old.wait_exit()
-            return "replaced"
-        if old.state is not W.READY or self.stopping:
-            return "gone"
-        log.info("%s: no room for a new worker beside #%d under max_pool_size (%d): replacing it in place",
-                 self.name, old.id, self.poolset.site.config.max_pool_size)
-        old.handover = True  # its slot is the new worker's: nobody else may take it meanwhile
-        self._drain(old, why)
-        await old.wait_exit()
-        if self.stopping:
-            self.poolset.slot_freed()
-            return "gone"
-        new = await self._spawn_one(self._new_worker())
-        return "in place" if new is not None else "failed"
-
-    async def _wait_for_slot(self, old: Worker, deadline: float) -> bool:
-        """A surge slot for `old`'s replacement, waiting for one (draining workers end within
-        shutdown_timeout) until `deadline`. False: none came, or `old` is no longer ready."""
-        while True:
-            if self.poolset.reserve_slot(self, surge=True):
-                return True
-            left = deadline - self.loop.time()
-            if left <= 0 or old.state is not W.READY or self.stopping:
-                return False
-            await self.poolset.wait_for_slot(left)
-
-    async def restart(self, reason: str, keep_old_on_failure: bool = True) -> bool:
-        """Rolling restart: each worker is replaced by a new one that is ready first.
-        If a new worker fails to start, the old ones keep serving (unless told otherwise)."""
-        self.restarts += 1
-        self.last_restart = reason
-        self.last_restart_at = time.time()
-        if self.restarting:
-            self.restart_again = reason
-            self.last_restart_result = "queued: it runs once the restart under way ends"
-            return True
-        self.restarting = True
-        ok = True
-        done: dict[str, int] = {}
-        try:
-            while True:
-                if self.state in (AppState.FAILED, AppState.BACKOFF):
-                    self.failures = 0
-                    if self._retry_handle is not None:
-                        self._retry_handle.cancel()
-                        self._retry_handle = None
-                    self._set_state(AppState.STARTING if not self.ready else AppState.RUNNING)
-                old = [w for w in self.workers if w.state in (W.READY, W.STARTING)]
-                log.info("%s: restarting %d worker(s): %s", self.name, len(old), reason)
-                for w in old:
-                    if w.state is W.STARTING:
-                        await w.stop(self.shutdown_timeout, "restart")
-                        continue
-                    result = await self._replace(w, f"restart ({reason})")
-                    done[result] = done.get(result, 0) + 1
-                    if result == "failed":
-                        ok = False
-                        f = self.last_failure
-                        log.error("%s: restart failed%s; %s", self.name, f": {f.message}" if f else "",
-                                  "the old workers keep serving" if keep_old_on_failure else "stopping them")
-                        if not keep_old_on_failure:
-                            for o in old:
-                                if o.state is W.READY:
-                                    self._drain(o, "restart failed")
-                        break
-                if ok and not old:
-                    self.ensure_min()
-                again, self.restart_again = self.restart_again, None
-                if again is None:
-                    break
-                reason = again
-        finally:
-            self.restarting = False
-        self.last_restart_result = _restart_text(done, self.poolset.site.config.max_pool_size)
-        log.info("%s: restart %s: %s", self.name, "done" if ok else "failed", self.last_restart_result)
-        return ok
-
-    async def stop(self, timeout: float) -> None:
-        """Stop every worker: in-flight requests get up to `timeout` (the proxy drained already)."""
-        self.stopping = True
-        self._set_state(AppState.STOPPING)
-        if self._retry_handle is not None:
-            self._retry_handle.cancel()
-        self._fail_queue(503, "The application is shutting down.")
-        workers = list(self.workers)
-        if workers:
-            await asyncio.gather(*(w.stop(timeout, "shutting down") for w in workers), return_exceptions=True)
-        self._set_state(AppState.STOPPED)
+        self._sweep_workers(mono)
 
     # ------------------------------------------------------------------ invariants
 
@@ -697,7 +381,7 @@ class AppPool:
             w = self._pick()
             if w is not None:
                 problems.append(f"{len(self.queue)} request(s) wait while #{w.id} could take one")
-            full = len(self.live) >= self.max or self in self.poolset._waiting
+            full = len(self.live) >= self.max or self.poolset.wants_slot(self)
             if not (self.starting or full or self._retry_handle is not None or self.stopping):
                 problems.append(f"{len(self.queue)} request(s) wait, no worker is starting and the pool is not full")
             gone = sum(1 for ex in self.queue if ex.finished)
@@ -744,40 +428,3 @@ class AppPool:
                 for w in self.workers
             ],
         }
-
-
-def _restart_text(done: dict[str, int], pool_size: int) -> str:
-    parts = []
-    if done.get("replaced"):
-        parts.append(f"{done['replaced']} worker(s) replaced, each after its replacement was ready")
-    if done.get("in place"):
-        parts.append(f"{done['in place']} replaced in place (no room beside them under max_pool_size "
-                     f"{pool_size}: the old worker drained before the new one started)")
-    if done.get("gone"):
-        parts.append(f"{done['gone']} ended meanwhile")
-    if done.get("failed"):
-        parts.append("a new worker failed to start; the old ones that were not replaced keep serving")
-    return "; ".join(parts) or "no workers to replace"
-
-
-def rss_of(pid: int | None, psutil) -> int:
-    """RSS of a worker and all its descendants, in bytes."""
-    if pid is None:
-        return 0
-    try:
-        p = psutil.Process(pid)
-        total = p.memory_info().rss
-        for c in p.children(recursive=True):
-            try:
-                total += c.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-    except psutil.Error:
-        return 0
-
-
-def _exit_text(w: Worker) -> str:
-    from .worker import describe_exit
-
-    return describe_exit(w.exit_code) or "unknown exit"

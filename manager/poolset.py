@@ -16,7 +16,7 @@ from .pool import AppPool
 from .runtimedir import SOCKET_NAME, WorkerDirs
 from .states import WorkerState
 from .users import apply_user
-from .worker import StartFailure, Worker
+from .spawnfail import StartFailure
 
 log = logging.getLogger("passenger_lite.manager")
 SWEEP_INTERVAL = 0.5
@@ -37,7 +37,6 @@ class PoolSet:
         self._sock_seq = 0
         self._dirs: WorkerDirs | None = None  # the per-worker socket folders under workers_dir
         self._sweeper: asyncio.TimerHandle | None = None
-        self.observers: list = []          # callables(pool) on spawn/exit events (metrics)
         for app in site.apps:
             self.pools[app.name] = AppPool(app, registry.get(app.type), self)
 
@@ -49,7 +48,7 @@ class PoolSet:
         wants_port = getattr(pool.spawner, "wants_port", None)  # optional per-app choice (command spawner)
         uses_port = wants_port(pool.app) if wants_port is not None else getattr(pool.spawner, "uses_port", False)
         port = _free_port() if uses_port else None
-        return Worker(pool, wid, sock, port)
+        return pool.make_worker(wid, sock, port)
 
     def worker_spec(self, pool: AppPool, w: Worker) -> WorkerSpec:
         """The worker's command; also settles its user and makes its socket folder (issue 7).
@@ -61,7 +60,7 @@ class PoolSet:
         folder = Path(w.sock).parent.name
         dirs = self._worker_dirs()
         dirs.prune()
-        dirs.track(folder, w)
+        dirs.track(folder, w, pool.workers)
         dirs.make(folder, w.user)
         if w.port is None:  # once it answers, the worker may no longer swap its socket
             w.on_answer = lambda: dirs.seal(folder, w.user)
@@ -80,7 +79,9 @@ class PoolSet:
     def user_for(self, app: AppConfig):
         return self.users.for_app(app) if self.users is not None else None
 
-    def live_count(self) -> int:
+    def process_count(self) -> int:
+        """Workers whose process runs (also draining or stopping): what max_pool_size counts.
+        Not AppPool.live, the STARTING and READY workers that max_processes counts."""
         return sum(1 for p in self.pools.values() for w in p.workers
                    if w.state in (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING,
                                   WorkerState.STOPPING))
@@ -94,18 +95,22 @@ class PoolSet:
         limit = self.site.config.max_pool_size
         if surge:
             limit += sum(p._surge for p in self.pools.values())
-        if self.live_count() < limit:
+        if self.process_count() < limit:
             return True
-        victims = [w for p in self.pools.values() if p is not pool and len(p.live) > p.min
+        victims = [(w, p) for p in self.pools.values() if p is not pool and len(p.live) > p.min
                    for w in p.ready if not w.in_flight]
         if victims:
-            v = min(victims, key=lambda w: w.last_used)
+            v, vp = min(victims, key=lambda x: x[0].last_used)
             log.info("max_pool_size (%d) reached: stopping idle %s to make room for %s",
                      self.site.config.max_pool_size, v.label, pool.name)
-            self.loop.create_task(v.stop(v.pool.shutdown_timeout, f"making room for {pool.name}"))
+            self.loop.create_task(v.stop(vp.shutdown_timeout, f"making room for {pool.name}"))
         if pool not in self._waiting:
             self._waiting.append(pool)
         return False
+
+    def wants_slot(self, pool: AppPool) -> bool:
+        """Did `pool` ask for a slot that max_pool_size had no room for (it is told when one frees)?"""
+        return pool in self._waiting
 
     async def wait_for_slot(self, timeout: float) -> None:
         """Until a worker ends somewhere (a slot may be free), or `timeout`."""
@@ -133,18 +138,11 @@ class PoolSet:
 
     # ------------------------------------------------------------------ start / stop
 
-    async def start(self, wait: float | None = None) -> None:
-        """Spawn every app's min_processes; with `wait`, return once each app has a ready worker,
-        has failed, or `wait` seconds have passed."""
+    async def start(self) -> None:
+        """Spawn every app's min_processes and start the periodic sweep."""
         for p in self.pools.values():
             p.ensure_min()
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
-        if wait:
-            deadline = self.loop.time() + wait
-            while self.loop.time() < deadline:
-                if all(p.ready or p.min == 0 or p.last_failure is not None for p in self.pools.values()):
-                    return
-                await asyncio.sleep(0.02)
 
     def _sweep(self) -> None:
         now = self.loop.time()

@@ -1,13 +1,15 @@
 """Wiring and the start/stop order of one front process.
 
-Start: lock the instance folder -> watchdog -> pools -> proxy listeners -> control socket ->
-extras (access log, metrics) -> min_processes spawned. Stop (SIGTERM, SIGINT, `passenger-lite
-stop`): listeners closed -> in-flight requests finish (up to shutdown_timeout; the access log,
-metrics and /health, which says `draining`, still see them) -> extras -> control socket ->
-workers stopped (TERM, then KILL) -> watchdog -> lock. Each step is undone even if a later one
-failed.
+Start: lock the instance folder -> watchdog -> pools -> extras (access log, metrics, file
+watcher) -> proxy listeners -> control socket -> min_processes spawned. Stop (SIGTERM, SIGINT,
+`passenger-lite stop`): control socket -> listeners closed -> in-flight requests finish (up to
+shutdown_timeout; the access log, metrics and /health, which says `draining`, still see them) ->
+extras -> workers stopped (TERM, then KILL) -> watchdog -> lock. Each step is undone even if a
+later one failed. An extra has async start() and stop(), and may have reconfigure(site), called
+after a config reload.
 
-Signal handlers only put a command on a queue; the main loop acts on it (gunicorn's rule).
+Signal handlers only put a command on a queue (stop, reload, reopen: SIGUSR1 reopens the log
+files after logrotate); the main loop acts on it (gunicorn's rule).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from passenger_lite.spawners.registry import default_registry
 
 from . import config as configmod
 from .config import ConfigError, Site
-from .output import Printer
+from .output import Printer, reopen_logs
 from .poolset import PoolSet
 from .runtimedir import Instance
 from .watchdog import Watchdog
@@ -56,7 +58,8 @@ class Runtime:
         async with contextlib.AsyncExitStack() as stack:
             # first in, last out: a second SIGTERM during the stop only queues a command, it does not
             # kill the manager halfway through stopping its workers
-            for sig, cmd in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload")):
+            for sig, cmd in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload"),
+                             (signal.SIGUSR1, "reopen")):
                 loop.add_signal_handler(sig, self.commands.put_nowait, (cmd, None))
                 stack.callback(loop.remove_signal_handler, sig)
             self.instance = Instance(self.site.path)
@@ -70,6 +73,11 @@ class Runtime:
             self.poolset = PoolSet(self.site, self.registry, self.instance.workers, watchdog, self.printer, users)
             stack.push_async_callback(self._stop_pools)
             self.proxy = Proxy(self.site, self.poolset.pools, loop)
+            extras, self.extras = self._build_extras(), []
+            stack.push_async_callback(self._stop_extras)  # those running at the end (reload swaps some)
+            for extra in extras:  # before the listeners, stopped after the drain: they see every request
+                await extra.start()
+                self.extras.append(extra)
             await self.proxy.listen()
             stack.push_async_callback(self._drain_proxy)
             from .control import ControlServer
@@ -77,11 +85,6 @@ class Runtime:
             control = ControlServer(self)
             await control.start(self.instance.control)
             stack.push_async_callback(control.stop)
-            extras, self.extras = self._extras(), []
-            stack.push_async_callback(self._stop_extras)  # those running at the end (reload swaps some)
-            for extra in extras:
-                await extra.start()
-                self.extras.append(extra)
             if self.startup_display is not None:
                 await self.startup_display(self)
             else:
@@ -98,15 +101,29 @@ class Runtime:
                     result = await self.reload()
                     if reply is not None:
                         reply.set_result(result)
+                if cmd == "reopen":
+                    self.reopen_logs()
             await self._drain_proxy()  # before the extras stop: they see the last requests
         log.info("stopped")
         return 0
 
-    def _extras(self) -> list:
-        from .extras import build_extras
+    def _build_extras(self) -> list:
+        from .accesslog import AccessLog
+        from .watch import Watcher
 
-        self.extras = build_extras(self)
-        return self.extras
+        access = AccessLog.from_site(self)
+        metrics = None
+        if self.site.config.metrics_listen:  # prometheus_client is imported only when metrics are on
+            from .metrics import Metrics
+
+            metrics = Metrics.from_site(self)
+        return [x for x in (access, metrics, Watcher(self)) if x is not None]
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: the access log and log_file are opened again (logrotate moved them)."""
+        from .accesslog import AccessLog
+
+        reopen_logs([x for x in self.extras if isinstance(x, AccessLog)] + [self.printer.stream])
 
     async def _stop_extras(self) -> None:
         for extra in reversed(self.extras):
@@ -209,7 +226,7 @@ class Runtime:
             "listen": self.proxy.urls() if self.proxy else [],
             "draining": self.draining,
             "max_pool_size": self.site.config.max_pool_size,
-            "workers": self.poolset.live_count() if self.poolset else 0,
+            "workers": self.poolset.process_count() if self.poolset else 0,
             "apps": self.poolset.snapshot() if self.poolset else [],
         }
 

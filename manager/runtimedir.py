@@ -167,7 +167,7 @@ class WorkerDirs:
     def __init__(self, path: Path):
         self.path = path
         self._fd = _open_dir(path)
-        self._names: dict[str, object] = {}  # folder name -> the worker using it
+        self._names: dict[str, tuple] = {}  # folder name -> (the worker using it, its pool's workers)
 
     def make(self, name: str, user=None) -> str:
         """Create folder `name` for a worker running as `user` (None: as us); its socket path."""
@@ -181,8 +181,9 @@ class WorkerDirs:
             os.close(fd)
         return str(self.path / name / SOCKET_NAME)
 
-    def track(self, name: str, worker) -> None:
-        self._names[name] = worker
+    def track(self, name: str, worker, workers: list) -> None:
+        """`name` is `worker`'s folder while it is in `workers` (its pool's list) and has not exited."""
+        self._names[name] = (worker, workers)
 
     def seal(self, name: str, user) -> None:
         """The worker answers on its socket: take its folder back (ours, 0700), so the worker can
@@ -205,8 +206,8 @@ class WorkerDirs:
 
     def prune(self) -> None:
         """Remove the folders of workers that are gone."""
-        for name, w in list(self._names.items()):
-            if w.exit_code is not None or not any(x is w for x in w.pool.workers):
+        for name, (w, workers) in list(self._names.items()):
+            if w.exit_code is not None or not any(x is w for x in workers):
                 del self._names[name]
                 self.remove(name)
 

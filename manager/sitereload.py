@@ -107,8 +107,6 @@ class SiteReload:
         c, o = self.new.config, self.old.config
         if "log_file" in self.keys or "log_format" in self.keys:
             self._apply_log(c.log_format)
-        from .extras import LogReopener
-
         access_changed = c.access_log != o.access_log or (c.access_log and c.log_format != o.log_format)
         if access_changed:
             from .accesslog import AccessLog
@@ -122,16 +120,6 @@ class SiteReload:
             self._replace(old_access, new_access)
         if c.metrics_listen != o.metrics_listen:
             await self._apply_metrics()
-        if access_changed or "log_file" in self.keys:
-            old_reopener = next((x for x in rt.extras if isinstance(x, LogReopener)), None)
-            if old_reopener is not None:
-                await old_reopener.stop()
-            from .accesslog import AccessLog
-
-            new_reopener = LogReopener(rt, [next((x for x in rt.extras if isinstance(x, AccessLog)), None),
-                                            rt.printer.stream])
-            await new_reopener.start()
-            self._replace(old_reopener, new_reopener)
 
     def _apply_log(self, fmt: str) -> None:
         from .output import LogFile, setup_logging
@@ -177,4 +165,4 @@ class SiteReload:
             else:
                 extras[i] = new
         elif new is not None:
-            extras.insert(max(len(extras) - 1, 0), new)  # before the LogReopener, which stays last
+            extras.append(new)

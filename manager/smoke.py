@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .config import ConfigError, SmokeRequest, parse_address
 from .output import Printer, setup_logging
-from .status import table
+from .statusview import table
 
 TAIL = 15
 KEPT = 40  # lines kept per app: a Python traceback is shown from its first line when it fits

@@ -1,7 +1,10 @@
 """States of workers and app pools, and the transitions allowed between them. A leaf module.
 
-Vocabulary from Passenger: a pool (Group) holds an app's worker processes; a worker is checked
-out for one request (a session) and given back when the response ends.
+Each state has one writer that checks its table: `Worker.set_state` (its pool hears of every
+transition) and `AppPool._set_state`, which logs each app transition once at INFO, in one format
+(`blog: running -> backoff (exit status 1; next try in 1.2 s)`). Vocabulary (CONTRIBUTING.md has the glossary): PoolSet = Passenger's Pool,
+AppPool = Group, Worker = Process, Exchange = Session; a worker is checked out (`acquire`) for one
+exchange and given back (`release`) when its response ends.
 """
 from __future__ import annotations
 
@@ -26,7 +29,6 @@ WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     W.STOPPED: frozenset(),
     W.FAILED: frozenset(),
 }
-LIVE_WORKER_STATES = frozenset({W.STARTING, W.READY, W.DRAINING, W.STOPPING})
 
 
 class AppState(enum.Enum):
@@ -37,6 +39,18 @@ class AppState(enum.Enum):
     FAILED = "failed"      # gave up for now; answers 503 with its error page, retried later
     STOPPING = "stopping"  # draining for shutdown or removal
     STOPPED = "stopped"
+
+
+A = AppState
+APP_TRANSITIONS: dict[AppState, frozenset[AppState]] = {
+    A.IDLE: frozenset({A.STARTING, A.RUNNING, A.BACKOFF, A.FAILED, A.STOPPING}),
+    A.STARTING: frozenset({A.RUNNING, A.BACKOFF, A.FAILED, A.IDLE, A.STOPPING}),
+    A.RUNNING: frozenset({A.IDLE, A.BACKOFF, A.FAILED, A.STOPPING}),
+    A.BACKOFF: frozenset({A.STARTING, A.RUNNING, A.FAILED, A.IDLE, A.STOPPING}),
+    A.FAILED: frozenset({A.STARTING, A.RUNNING, A.BACKOFF, A.STOPPING}),
+    A.STOPPING: frozenset({A.STOPPED}),
+    A.STOPPED: frozenset(),
+}
 
 
 class InvalidTransition(RuntimeError):

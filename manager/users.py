@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import AppConfig, ConfigError, Problem, Site, key_name, line_of, read_yaml
-from .worker import StartFailure
+from .spawnfail import StartFailure
 
 
 @dataclass(frozen=True)

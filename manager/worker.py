@@ -1,6 +1,7 @@
 """One worker process: spawn, readiness probe, output capture, TERM -> KILL of its process group.
 
-The worker owns its state transitions (`set_state`), which the pool observes. Each worker runs
+The worker owns its state transitions (`set_state`); its pool hears of them, and of its exit,
+through the callables it was given (no back-reference: worker.py imports no pool). Each worker runs
 in its own session and process group, so stopping it stops whatever it started too; the
 watchdog is told the group so that it can kill it if the front process itself is killed.
 """
@@ -13,16 +14,15 @@ import shlex
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .descendants import MARKER
+from .spawnfail import StartFailure, describe_exit, hints_for
 from .states import WORKER_TRANSITIONS, WorkerState, check_transition
 
 if TYPE_CHECKING:
+    from passenger_lite.manager.config import AppConfig
     from passenger_lite.spawners.base import WorkerSpec
-
-    from .pool import AppPool
 
 log = logging.getLogger("passenger_lite.manager")
 W = WorkerState
@@ -42,59 +42,13 @@ def probe_request(ready_check: str) -> bytes | None:
     return PROBE.replace(b"OPTIONS *", ready_check.encode("ascii"), 1)
 
 
-@dataclass
-class StartFailure(Exception):
-    """Why a worker could not start: shown on the development error page and logged."""
-
-    app: str
-    step: str
-    message: str
-    command: str = ""
-    cwd: str = ""
-    exit: str = ""
-    output: str = ""
-    hints: list[str] = field(default_factory=list)
-    repeated: bool = False  # its output is the last failed start's, and was not printed again
-
-    def __str__(self) -> str:
-        return f"{self.app}: {self.step}: {self.message}"
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return ""
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit status {code}"
-
-
-HINTS = [
-    ("ModuleNotFoundError", "A module could not be imported: is the app's `python:` the interpreter of its "
-                            "virtualenv, and are its dependencies installed there?"),
-    ("ImportError", "An import failed: check the app's dependencies and its `entry:`."),
-    ("SyntaxError", "The app's code has a syntax error: see the file and line above."),
-    ("cannot load such file", "Ruby could not load a file or gem: is it installed (Debian: ruby-<gem>) and "
-                              "in the Gemfile?"),
-    ("Cannot find module", "Node could not find a module: run `npm install` in the app's folder."),
-    ("EADDRINUSE", "The app tried to listen on a port that is taken. passenger-lite gives every worker its "
-                   "own socket: listen on process.env.PORT, or let the preload take over listen()."),
-    ("Address already in use", "The app tried to listen on an address that is taken; it should use the "
-                               "socket or $PORT passenger-lite gives it."),
-    ("Permission denied", "A file or folder could not be read: check the owner and mode of the app's files."),
-]
-
-
-def hints_for(output: str) -> list[str]:
-    return [h for needle, h in HINTS if needle in output]
-
-
 class Worker:
-    def __init__(self, pool: "AppPool", wid: int, sock: str, port: int | None = None):
-        self.pool = pool
-        self.app = pool.name
+    def __init__(self, app: "AppConfig", wid: int, sock: str, port: int | None = None, *,
+                 on_state: Callable, on_exit: Callable, last_failure: Callable[[], StartFailure | None]):
+        self.app = app.name
+        self._on_state = on_state          # (worker, old, new, why): after each transition
+        self._on_exit = on_exit            # (worker): once its process is gone
+        self._last_failure = last_failure  # () -> its app's last StartFailure (a retry holds its output)
         self.id = wid
         self.sock = sock
         self.port = port
@@ -102,10 +56,9 @@ class Worker:
         self.proc: asyncio.subprocess.Process | None = None
         self.pid: int | None = None
         self.idle: list = []  # pooled keep-alive connections (proxy.forward.Upstream)
-        self.concurrency = pool.app.concurrency or 0
+        self.concurrency = app.concurrency or 0
         self.in_flight = 0
         self.served = 0
-        self.spawned_at = time.time()
         self.started_mono = time.monotonic()
         self.ready_mono = 0.0
         self.last_used = time.monotonic()
@@ -134,7 +87,7 @@ class Worker:
         self.on_answer = None  # called once its socket answers, before it takes requests; may raise
         self._held: list | None = None  # output kept back while it retries a failed start (_release)
         self._printer = None
-        self.probe = probe_request(getattr(pool.app, "ready_check", "OPTIONS *"))
+        self.probe = probe_request(getattr(app, "ready_check", "OPTIONS *"))
         self.seq = 0           # its number in manager.descendants (marker, cgroup folder)
         self.cgroup: str | None = None
 
@@ -151,7 +104,7 @@ class Worker:
             return
         check_transition(f"worker {self.label}", WORKER_TRANSITIONS, old, new)
         self.state = new
-        self.pool.on_worker_state(self, old, new, why)
+        self._on_state(self, old, new, why)
 
     # ------------------------------------------------------------------ start
 
@@ -160,7 +113,8 @@ class Worker:
         self.command = shlex.join(spec.argv)
         self.cwd = spec.cwd
         self._printer = printer
-        if self.pool.last_failure is not None and self.pool.last_failure.output:
+        last = self._last_failure()
+        if last is not None and last.output:
             self._held = []  # a retry: print its output only if it differs from the last failure's
         kw = {}
         if user is not None:
@@ -245,7 +199,7 @@ class Worker:
 
     def _failure(self, step: str, message: str) -> StartFailure:
         out = "\n".join(self.output)
-        last = self.pool.last_failure
+        last = self._last_failure()
         repeated = self._held is not None and last is not None and out == last.output
         self._release(print_held=not repeated)
         return StartFailure(self.app, step, message, command=self.command, cwd=self.cwd,
@@ -301,7 +255,7 @@ class Worker:
                 conn.transport.close()
         self.idle.clear()
         await self._drain_output()
-        self.pool.on_worker_exit(self)
+        self._on_exit(self)
 
     # ------------------------------------------------------------------ stop
 

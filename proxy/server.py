@@ -226,6 +226,17 @@ class Proxy:
 
     # ------------------------------------------------------------------ observers (logs, metrics)
 
+    def add_observer(self, observe: Callable, observe_early: Callable) -> None:
+        """observe(ex, status, aborted) per finished exchange; observe_early(status) per request
+        answered before routing."""
+        self.observers.append(observe)
+        self.early_observers.append(observe_early)
+
+    def remove_observer(self, observe: Callable, observe_early: Callable) -> None:
+        for lst, fn in ((self.observers, observe), (self.early_observers, observe_early)):
+            if fn in lst:
+                lst.remove(fn)
+
     def observe(self, ex, status: int, aborted: bool = False) -> None:
         for o in self.observers:
             o(ex, status, aborted)

@@ -146,7 +146,3 @@ def short_command(argv: list[str]) -> str:
     `<passenger-lite>/loaders/` (status and error pages keep the full command)."""
     folder = str(Path(__file__).with_name("loaders")) + os.sep
     return " ".join(a.replace(folder, "<passenger-lite>/loaders/") for a in argv)
-
-
-class SpawnError(Exception):
-    """A worker could not be started; str() says why, for the error page and the log."""

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 from passenger_lite.manager import accesslog, metrics, watch
 from passenger_lite.manager.config import AppConfig, SmokeRequest
-from passenger_lite.manager.display import LiveBlock, _clip, app_urls
+from passenger_lite.manager.bootscreen import LiveBlock, _clip, app_urls
 from passenger_lite.manager.output import Printer
 from passenger_lite.manager.smoke import Result, check, junit_xml, render_table, request_host
-from passenger_lite.manager.status import duration, render_status
+from passenger_lite.manager.statusview import duration, render_status
 
 NOW = 1_700_000_000.0
 

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 
 from passenger_lite.manager.config import AppConfig
-from passenger_lite.manager.pool import FAIL_LIMIT, AppPool
+from passenger_lite.manager.lifecycle import FAIL_LIMIT
+from passenger_lite.manager.pool import AppPool
+from passenger_lite.manager.spawnfail import StartFailure
 from passenger_lite.manager.states import AppState, WorkerState
-from passenger_lite.manager.worker import Worker
 from passenger_lite.proxy.forward import Unavailable
 
 W = WorkerState
@@ -56,8 +57,11 @@ class FakePoolSet:
             self._waiting.append(pool)
         return self.room
 
+    def wants_slot(self, pool):
+        return pool in self._waiting
+
     def new_worker(self, pool, wid):
-        return Worker(pool, wid, f"/nonexistent/{wid}.sock")
+        return pool.make_worker(wid, f"/nonexistent/{wid}.sock")
 
     def slot_freed(self):
         self._waiting = []
@@ -137,7 +141,7 @@ def make_pool(n_workers=1, **kw):
     ps = FakePoolSet()
     pool = AppPool(app, spawner=None, poolset=ps)
     for i in range(n_workers):
-        w = Worker(pool, i + 1, f"/nonexistent/{i}.sock")
+        w = pool.make_worker(i + 1, f"/nonexistent/{i}.sock")
         w.pid = 10_000 + i
         w.ready_mono = 1.0
         pool.workers.append(w)
@@ -373,3 +377,123 @@ def test_min_uptime_key_has_a_default_and_is_validated(tmp_path):
     with pytest.raises(config.ConfigError) as e:
         config.load(p, default_registry())
     assert [(x.key, x.line) for x in e.value.problems] == [("apps[0] (a).min_uptime", 4)]
+
+
+def test_app_transitions_are_checked_and_each_is_logged_once_at_info(monkeypatch, caplog):
+    import logging
+
+    import passenger_lite.manager.pool as poolmod
+    from passenger_lite.manager.states import InvalidTransition
+
+    clock = [1000.0]
+    monkeypatch.setattr(poolmod.time, "monotonic", lambda: clock[0])
+    caplog.set_level(logging.INFO, logger="passenger_lite.manager")
+    r, pool, loop = make_run(1, min_processes=1, min_uptime=5)
+    w = pool.workers[0]
+    w.ready_mono = clock[0]
+    clock[0] += 1.0
+    r.exit(w, code=1)                                      # within min_uptime: a failed start
+    lines = [rec.getMessage() for rec in caplog.records if " -> " in rec.getMessage()]
+    assert lines[0] == "a: running -> idle (worker #1 exited; none left)"
+    assert lines[1].startswith("a: idle -> backoff (exit status 1; next try in ") and lines[1].endswith(" s)")
+    assert all(rec.levelno == logging.INFO for rec in caplog.records if " -> " in rec.getMessage())
+    loop.fire("_retry")
+    r.check()
+    assert [rec.getMessage() for rec in caplog.records].count("a: backoff -> starting (next try)") == 1
+    assert pool.state is AppState.STARTING and pool.starting == 1
+    pool.state = AppState.STOPPED
+    with pytest.raises(InvalidTransition):                 # a stopped app never comes back
+        pool._set_state(AppState.RUNNING)
+    assert pool.stopping
+
+
+# ---------------------------------------------------------------------------- a scripted start (no processes)
+
+
+class StepLoop(FakeLoop):
+    """FakeLoop that runs each task at once, to its end: the scripted start never really waits."""
+
+    def create_task(self, coro):
+        self.tasks.append(coro.cr_code.co_name)
+        return run_now(coro)
+
+
+def run_now(coro):
+    try:
+        while True:
+            assert coro.send(None) is None, "a scripted step waited on something"
+    except StopIteration as e:
+        return e.value
+
+
+class Script:
+    """The pool's start seam, scripted: each start fails (StartFailure) or the worker is ready."""
+
+    def __init__(self, pool, outcomes):
+        self.pool = pool
+        self.outcomes = list(outcomes)  # True: ready; False: exits during start
+        self.started = []
+
+    async def __call__(self, w):
+        self.started.append(w.id)
+        if not self.outcomes.pop(0):
+            raise StartFailure(self.pool.name, "start", "the worker exited during start (exit status 1)",
+                               exit="exit status 1", output="boom")
+        w.pid = 4_000_000 + w.id  # above pid_max: never a real process (nothing signals it: no exit task)
+        w.ready_mono = 1.0
+        w.set_state(W.READY)
+
+
+def scripted_pool(outcomes, n_workers=0, **kw):
+    pool, _ = make_pool(n_workers, **kw)
+    loop = pool.poolset.loop = StepLoop()
+    script = pool.start_worker = Script(pool, outcomes)
+    return Run(pool), pool, loop, script
+
+
+def test_scripted_starts_back_off_then_the_app_is_failed_after_five_then_a_restart_brings_it_back():
+    r, pool, loop, script = scripted_pool([False] * FAIL_LIMIT + [True], min_processes=1)
+    pool.state = AppState.IDLE
+    pool.ensure_min()
+    r.check()
+    delays = []
+    for n in range(1, FAIL_LIMIT):
+        assert pool.state is AppState.BACKOFF and pool.failures == n and not pool.workers
+        t = next(t for t in loop.timers if not t.cancelled and t.fn.__name__ == "_retry")
+        delays.append(t.when - loop.now)
+        loop.fire("_retry")
+        r.check()
+    assert pool.state is AppState.FAILED and pool.failed_starts == FAIL_LIMIT and script.started == [1, 2, 3, 4, 5]
+    assert all(0.75 * 0.5 * 2 ** i <= d <= 1.25 * 0.5 * 2 ** i for i, d in enumerate(delays))  # 0.5 s doubling, +-25 %
+    with pytest.raises(Unavailable):
+        r.acquire()
+    assert run_now(pool.restart("fixed")) is True
+    r.check()
+    assert pool.state is AppState.RUNNING and [w.state for w in pool.workers] == [W.READY]
+    assert pool.failures == 0 and r.acquire().worker is pool.workers[0]
+
+
+def test_a_scripted_rolling_restart_has_each_new_worker_ready_before_its_old_one_drains(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="passenger_lite.manager")
+    r, pool, loop, script = scripted_pool([True, True], n_workers=2, min_processes=2, max_processes=2)
+    old = list(pool.workers)
+    events = []
+    orig = pool.on_worker_state
+    for w in old:
+        w._on_state = lambda w, o, n, why: (events.append((w.id, n)), orig(w, o, n, why))
+    assert run_now(pool.restart("config reload")) is True
+    r.check()
+    assert script.started == [3, 4]
+    assert [w.state for w in old] == [W.STOPPING, W.STOPPING]   # asked to stop once replaced
+    assert events == [(1, W.DRAINING), (1, W.STOPPING), (2, W.DRAINING), (2, W.STOPPING)]
+    new = [w for w in pool.workers if w not in old]
+    assert [w.state for w in new] == [W.READY, W.READY] and pool.ready == new
+    assert pool.last_restart_result == "2 worker(s) replaced, each after its replacement was ready"
+    msgs = [rec.getMessage() for rec in caplog.records]
+    ready3 = next(i for i, m in enumerate(msgs) if m.startswith("a: worker #3 (pid 4000003) ready in "))
+    assert ready3 < msgs.index("a: stopping worker #1 (pid 10000): restart (config reload)")
+    for w in old:
+        r.exit(w, code=0)
+    assert pool.workers == new and pool.crashes == 0 and pool.state is AppState.RUNNING

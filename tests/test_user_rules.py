@@ -198,7 +198,7 @@ def test_prune_removes_folders_of_gone_workers_without_following_their_symlinks(
     live, dead, failed = FakeWorker(pool), FakeWorker(pool, exit_code=0), FakeWorker(pool)
     pool.workers += [live, dead]  # `failed` never made it into the pool
     for name, w in (("1", live), ("2", dead), ("3", failed)):
-        dirs.track(name, w)
+        dirs.track(name, w, pool.workers)
         dirs.make(name, worker_user(NOBODY))
     (run / "2" / "evil").symlink_to(keep)
     dirs.prune()

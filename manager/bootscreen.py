@@ -16,7 +16,7 @@ import sys
 import time
 from typing import TextIO
 
-from .status import table
+from .statusview import table
 
 log = logging.getLogger("passenger_lite.manager")
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
