@@ -268,14 +268,17 @@ class Descendants:
         if cgroup is None:
             return kw
         kw = dict(kw)
-        then = kw.pop("preexec_fn", None)
+        given = then = kw.pop("preexec_fn", None)
         if "user" in kw:
             uid, gid, groups = kw.pop("user"), kw.pop("group"), list(kw.pop("extra_groups", ()))
 
-            def then() -> None:
+            def switch_user() -> None:
+                if given is not None:
+                    given()
                 os.setgroups(groups)
                 os.setgid(gid)
                 os.setuid(uid)
+            then = switch_user
         kw["preexec_fn"] = self.preexec(cgroup, then)
         return kw
 

@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from passenger_lite.spawners.base import WorkerContext, WorkerSpec
 
@@ -17,6 +18,9 @@ from .runtimedir import SOCKET_NAME, WorkerDirs
 from .states import WorkerState
 from .users import apply_user
 from .spawnfail import StartFailure
+
+if TYPE_CHECKING:
+    from .worker import Worker
 
 log = logging.getLogger("passenger_lite.manager")
 SWEEP_INTERVAL = 0.5
