@@ -133,7 +133,7 @@ class Runtime:
         """Validate the config file again and apply it: new apps start, removed ones drain and
         stop, changed ones get a rolling restart. Listening sockets stay open throughout."""
         try:
-            new = configmod.load(self.site.path, self.registry)
+            new = await asyncio.to_thread(configmod.load, self.site.path, self.registry)  # file reads: off the loop
             users = _user_policy(new, announce=False)
         except ConfigError as e:
             log.error("reload rejected; the running config stays:\n%s", e)
