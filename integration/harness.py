@@ -32,6 +32,9 @@ APPS = REPO / "tests" / "apps"
 
 
 def free_port() -> int:
+    """A port free NOW, for a test that must write a second address into its config before start.
+    Racy (another process may take it before the server binds it): a Server's own listener uses
+    port 0 instead and reads the bound port back from `status --json`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -83,14 +86,17 @@ class Server:
                  app_user: str | None = "root"):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
+        # port 0: the kernel picks a free port at bind time (no probe-then-bind race); `port` reads
+        # the bound one back from `status --json` (its `listen` URLs)
+        self._asked_port = port
+        self._port = port
         if isinstance(config, dict):
             config = dict(config)
-            config.setdefault("listen", [f"127.0.0.1:{self.port}"])
+            config.setdefault("listen", [f"127.0.0.1:{port or 0}"])
             config = with_app_user(config, app_user)
             text = yaml.safe_dump(config, sort_keys=False)
         else:
-            text = config.replace("@PORT@", str(self.port))
+            text = config.replace("@PORT@", str(port or 0))
         self.config = self.dir / "sites.yaml"
         self.config.write_text(text)
         self.log_path = self.dir / "server.log"
@@ -114,6 +120,7 @@ class Server:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.env:
             env.update(self.env)
+        self._port = self._asked_port  # a port 0 listener gets a new port on every start
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), cwd=elsewhere(), stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env)
@@ -136,6 +143,7 @@ class Server:
                 st = self.status()
                 last = st
                 self.track()
+                self._read_port(st)
                 if all(a["min_processes"] == 0 or any(w["state"] == "ready" for w in a["workers"])
                        or a["state"] in ("failed", "backoff") for a in st["apps"]):
                     return st
@@ -143,6 +151,19 @@ class Server:
                 pass
             time.sleep(0.05)
         raise AssertionError(f"not ready within {timeout} s; last status {last}\n{self.logs()}")
+
+    @property
+    def port(self) -> int:
+        """The port of the first plain-HTTP TCP listener, as bound (read from status once)."""
+        if self._port is None:
+            self._read_port(self.status())
+            assert self._port is not None, f"no http:// TCP listener in status: {self.status()['listen']}"
+        return self._port
+
+    def _read_port(self, st: dict) -> None:
+        if self._port is None:
+            self._port = next((int(u.rsplit(":", 1)[1]) for u in st.get("listen", [])
+                               if u.startswith("http://")), None)
 
     def track(self) -> None:
         """Remember every descendant of the manager, to check none outlives it."""

@@ -145,3 +145,24 @@ def test_sigkill_of_the_manager_leaves_no_process_behind(tmp_path, apps_dir):
     finally:
         s._log.close()
         s.kill_leftovers()
+
+
+def test_port_0_binds_a_free_port_named_in_the_start_line_and_in_status(make_server, apps_dir):
+    """`listen: 127.0.0.1:0` (what the harness uses): the system picks the port at bind time, no
+    probe-then-bind race; the start log line and `status --json` name the bound port."""
+    s = make_server({"listen": ["127.0.0.1:0"], "apps": [app_config("a", copy_app("wsgi_echo", apps_dir))]})
+    st = json.loads(s.cli("status", "--json").stdout)
+    assert len(st["listen"]) == 1 and st["listen"][0].startswith("http://127.0.0.1:"), st["listen"]
+    port = int(st["listen"][0].rsplit(":", 1)[1])
+    assert port != 0
+    assert f"serving 1 app(s) on http://127.0.0.1:{port}" in s.logs()
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/")
+    assert c.getresponse().read() == b"hello from wsgi\n"
+    c.close()
+    # the config still says :0 and so does the running site: reloading it changes no listener
+    r = s.cli("reload")
+    assert r.returncode == 0 and "listen" not in r.stdout + r.stderr, r
+    assert json.loads(s.cli("status", "--json").stdout)["listen"] == st["listen"]
