@@ -253,6 +253,18 @@ class Server:
     def app_status(self, name: str) -> dict:
         return next(a for a in self.status()["apps"] if a["name"] == name)
 
+    def wait_status(self, cond, what: str, timeout: float = 20) -> dict:
+        """Poll `status` until cond(status) is true (instead of sleeping for an event to happen);
+        fail naming `what` and showing the last status after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            if cond(st):
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not happen within {timeout} s; last status {st}")
+            time.sleep(0.02)
+
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return run_cli(*args, "--config", str(self.config), timeout=timeout)
 
@@ -300,6 +312,11 @@ class Server:
             return out
         finally:
             s.close()
+
+
+def app_of(status: dict, name: str) -> dict:
+    """The app NAME of a status dict."""
+    return next(a for a in status["apps"] if a["name"] == name)
 
 
 def with_app_user(config: dict, user: str | None) -> dict:

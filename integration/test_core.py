@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from harness import Server, alive, app_config, copy_app
+from harness import Server, alive, app_config, app_of, copy_app
 
 
 def test_routes_by_host_and_path_to_wsgi_flask_and_starlette(make_server, apps_dir):
@@ -97,10 +97,10 @@ def test_queue_full_gives_503_and_queue_wait_gives_504(make_server, apps_dir):
 
     t1 = threading.Thread(target=slow, args=("busy", 2.5))
     t1.start()
-    time.sleep(0.3)
+    s.wait_status(lambda st: app_of(st, "a")["workers"][0]["in_flight"] == 1, "the first request at the worker")
     t2 = threading.Thread(target=slow, args=("queued", 0))
     t2.start()
-    time.sleep(0.3)
+    s.wait_status(lambda st: app_of(st, "a")["queue"] == 1, "the second request queued")
     status, headers, body = s.get("/")       # the queue (max 1) is full
     assert status == 503 and b"503" in body
     t2.join()
