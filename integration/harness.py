@@ -26,6 +26,10 @@ import yaml
 
 from passenger_lite.manager.unixhttp import UnixHTTPConnection
 
+# manager/loopwatch.py: the manager logs "event loop blocked for N s" (with the stack) past this
+# many seconds, and stop() fails the test; generous, for a loaded 2-core machine
+LOOPWATCH_ENV, LOOPWATCH_MARK, LOOP_STALL_LIMIT = "PASSENGER_LITE_DEBUG_LOOP", "event loop blocked for", "1.0"
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 APPS = REPO / "tests" / "apps"
@@ -118,6 +122,7 @@ class Server:
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.setdefault(LOOPWATCH_ENV, LOOP_STALL_LIMIT)  # a stall of the manager's loop is logged
         if self.env:
             env.update(self.env)
         self._port = self._asked_port  # a port 0 listener gets a new port on every start
@@ -192,8 +197,21 @@ class Server:
         finally:
             self._log.close()
         self.assert_no_leftovers()
+        stalls = self.loop_stalls()
+        assert not stalls, f"the manager's event loop was blocked:\n" + "\n".join(stalls)
         assert not broken, f"pool invariants broken before stop: {broken}\n{self.logs()[-3000:]}"
         return code
+
+    def loop_stalls(self) -> list[str]:
+        """What manager/loopwatch.py logged while serving: from start to the `stopping` line (the
+        stop's last steps, after the drain, may wait: nothing is served any more)."""
+        out, lines = [], self.logs().splitlines()
+        for i, line in enumerate(lines):
+            if "stopping (in-flight requests" in line:
+                break
+            if LOOPWATCH_MARK in line:
+                out.append("\n".join(lines[i:i + 9]))
+        return out
 
     def invariant_problems(self) -> dict | None:
         """AppPool.check_invariants() of every app ({} when all hold); None when the manager

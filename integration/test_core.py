@@ -1,6 +1,7 @@
 """Issue 2: the core slice, through the real CLI and real Python workers."""
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -166,3 +167,24 @@ def test_port_0_binds_a_free_port_named_in_the_start_line_and_in_status(make_ser
     r = s.cli("reload")
     assert r.returncode == 0 and "listen" not in r.stdout + r.stderr, r
     assert json.loads(s.cli("status", "--json").stdout)["listen"] == st["listen"]
+
+
+def test_a_stalled_manager_loop_is_logged_and_fails_the_harness(tmp_path, apps_dir):
+    """PASSENGER_LITE_DEBUG_LOOP (set by the harness): the manager logs a loop that did not run for
+    longer than the limit, and Server.stop() fails the test. The stall here is the whole manager
+    stopped (SIGSTOP) for 2.5 s: nothing of ours blocks the loop that long on purpose."""
+    s = Server(tmp_path / "s", {"apps": [app_config("a", copy_app("wsgi_echo", apps_dir))]})
+    s.start()
+    try:
+        assert s.get("/")[0] == 200 and s.loop_stalls() == []
+        os.kill(s.proc.pid, signal.SIGSTOP)
+        time.sleep(2.5)
+        os.kill(s.proc.pid, signal.SIGCONT)
+        assert s.get("/")[0] == 200  # it serves again at once
+        deadline = time.monotonic() + 10
+        while not s.loop_stalls() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(s.loop_stalls()) == 1 and re.search(r"event loop blocked for [2-9]\.\d\d s", s.logs()), s.logs()
+    finally:
+        with pytest.raises(AssertionError, match="the manager's event loop was blocked"):
+            s.stop()

@@ -259,9 +259,11 @@ def run(site: Site, **kw) -> int:
         except ImportError:
             pass
     runtime = Runtime(site, **kw)
+    from .loopwatch import watched  # PASSENGER_LITE_DEBUG_LOOP (tests): log a blocked loop
+
     if uvloop is not None:
-        return uvloop.run(runtime.run())
-    return asyncio.run(runtime.run())
+        return uvloop.run(watched(runtime.run()))
+    return asyncio.run(watched(runtime.run()))
 
 
 if __name__ == "__main__":  # pragma: no cover
