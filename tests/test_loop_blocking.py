@@ -3,16 +3,18 @@ blockbuster guard: a call in passenger_lite's code that blocks the loop fails th
 integration tests run the CLI in another process, where the guard cannot see)."""
 import asyncio
 import shutil
+from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
 from blockbuster import BlockingError
 
-from conftest import APPS
 from passenger_lite.manager import config as configmod
 from passenger_lite.manager.runtime import Runtime
 from passenger_lite.spawners.registry import default_registry
+
+APPS = Path(__file__).resolve().parent / "apps"
 
 
 async def test_the_guard_is_on_for_passenger_lite_code_on_a_loop(tmp_path):
