@@ -26,12 +26,19 @@ import yaml
 
 from passenger_lite.manager.unixhttp import UnixHTTPConnection
 
+# manager/loopwatch.py: the manager logs "event loop blocked for N s" (with the stack) past this
+# many seconds, and stop() fails the test; generous, for a loaded 2-core machine
+LOOPWATCH_ENV, LOOPWATCH_MARK, LOOP_STALL_LIMIT = "PASSENGER_LITE_DEBUG_LOOP", "event loop blocked for", "1.0"
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 APPS = REPO / "tests" / "apps"
 
 
 def free_port() -> int:
+    """A port free NOW, for a test that must write a second address into its config before start.
+    Racy (another process may take it before the server binds it): a Server's own listener uses
+    port 0 instead and reads the bound port back from `status --json`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -83,14 +90,17 @@ class Server:
                  app_user: str | None = "root"):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
+        # port 0: the kernel picks a free port at bind time (no probe-then-bind race); `port` reads
+        # the bound one back from `status --json` (its `listen` URLs)
+        self._asked_port = port
+        self._port = port
         if isinstance(config, dict):
             config = dict(config)
-            config.setdefault("listen", [f"127.0.0.1:{self.port}"])
+            config.setdefault("listen", [f"127.0.0.1:{port or 0}"])
             config = with_app_user(config, app_user)
             text = yaml.safe_dump(config, sort_keys=False)
         else:
-            text = config.replace("@PORT@", str(self.port))
+            text = config.replace("@PORT@", str(port or 0))
         self.config = self.dir / "sites.yaml"
         self.config.write_text(text)
         self.log_path = self.dir / "server.log"
@@ -112,8 +122,10 @@ class Server:
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.setdefault(LOOPWATCH_ENV, LOOP_STALL_LIMIT)  # a stall of the manager's loop is logged
         if self.env:
             env.update(self.env)
+        self._port = self._asked_port  # a port 0 listener gets a new port on every start
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), cwd=elsewhere(), stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env)
@@ -136,6 +148,7 @@ class Server:
                 st = self.status()
                 last = st
                 self.track()
+                self._read_port(st)
                 if all(a["min_processes"] == 0 or any(w["state"] == "ready" for w in a["workers"])
                        or a["state"] in ("failed", "backoff") for a in st["apps"]):
                     return st
@@ -143,6 +156,19 @@ class Server:
                 pass
             time.sleep(0.05)
         raise AssertionError(f"not ready within {timeout} s; last status {last}\n{self.logs()}")
+
+    @property
+    def port(self) -> int:
+        """The port of the first plain-HTTP TCP listener, as bound (read from status once)."""
+        if self._port is None:
+            self._read_port(self.status())
+            assert self._port is not None, f"no http:// TCP listener in status: {self.status()['listen']}"
+        return self._port
+
+    def _read_port(self, st: dict) -> None:
+        if self._port is None:
+            self._port = next((int(u.rsplit(":", 1)[1]) for u in st.get("listen", [])
+                               if u.startswith("http://")), None)
 
     def track(self) -> None:
         """Remember every descendant of the manager, to check none outlives it."""
@@ -171,8 +197,21 @@ class Server:
         finally:
             self._log.close()
         self.assert_no_leftovers()
+        stalls = self.loop_stalls()
+        assert not stalls, f"the manager's event loop was blocked:\n" + "\n".join(stalls)
         assert not broken, f"pool invariants broken before stop: {broken}\n{self.logs()[-3000:]}"
         return code
+
+    def loop_stalls(self) -> list[str]:
+        """What manager/loopwatch.py logged while serving: from start to the `stopping` line (the
+        stop's last steps, after the drain, may wait: nothing is served any more)."""
+        out, lines = [], self.logs().splitlines()
+        for i, line in enumerate(lines):
+            if "stopping (in-flight requests" in line:
+                break
+            if LOOPWATCH_MARK in line:
+                out.append("\n".join(lines[i:i + 9]))
+        return out
 
     def invariant_problems(self) -> dict | None:
         """AppPool.check_invariants() of every app ({} when all hold); None when the manager
@@ -232,6 +271,18 @@ class Server:
     def app_status(self, name: str) -> dict:
         return next(a for a in self.status()["apps"] if a["name"] == name)
 
+    def wait_status(self, cond, what: str, timeout: float = 20) -> dict:
+        """Poll `status` until cond(status) is true (instead of sleeping for an event to happen);
+        fail naming `what` and showing the last status after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            if cond(st):
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not happen within {timeout} s; last status {st}")
+            time.sleep(0.02)
+
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return run_cli(*args, "--config", str(self.config), timeout=timeout)
 
@@ -279,6 +330,11 @@ class Server:
             return out
         finally:
             s.close()
+
+
+def app_of(status: dict, name: str) -> dict:
+    """The app NAME of a status dict."""
+    return next(a for a in status["apps"] if a["name"] == name)
 
 
 def with_app_user(config: dict, user: str | None) -> dict:

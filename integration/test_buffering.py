@@ -96,12 +96,11 @@ def test_a_slow_upload_does_not_hold_the_worker(srv):
     with RawConn(srv.port, timeout=30) as c:
         c.send(request("POST", "/echo", host="buf.test", close=False, headers=[("Content-Length", str(len(body)))])
                + body[:400 * 1024])
-        time.sleep(0.3)
-        # the worker has not been taken: another request is served at once
+        files = poll_until(lambda: temp_files(srv), what="the body spooled (past 256 KiB)")
+        assert all(mode == 0o600 for _, mode in files), files
+        # the proxy holds 400 KiB of it, yet the worker has not been taken: another request is served at once
         assert in_flight(srv, "buf") == 0
         assert_served_after(srv, "buf", host="buf.test", workers=1)
-        files = temp_files(srv)  # past 256 KiB the body is spooled
-        assert files and all(mode == 0o600 for _, mode in files), files
         c.send(body[400 * 1024:])
         r = c.response()
         assert r.status == 200

@@ -1,13 +1,14 @@
 """Issue 2: the core slice, through the real CLI and real Python workers."""
 import json
 import os
+import re
 import signal
 import threading
 import time
 
 import pytest
 
-from harness import Server, alive, app_config, copy_app
+from harness import Server, alive, app_config, app_of, copy_app
 
 
 def test_routes_by_host_and_path_to_wsgi_flask_and_starlette(make_server, apps_dir):
@@ -97,10 +98,10 @@ def test_queue_full_gives_503_and_queue_wait_gives_504(make_server, apps_dir):
 
     t1 = threading.Thread(target=slow, args=("busy", 2.5))
     t1.start()
-    time.sleep(0.3)
+    s.wait_status(lambda st: app_of(st, "a")["workers"][0]["in_flight"] == 1, "the first request at the worker")
     t2 = threading.Thread(target=slow, args=("queued", 0))
     t2.start()
-    time.sleep(0.3)
+    s.wait_status(lambda st: app_of(st, "a")["queue"] == 1, "the second request queued")
     status, headers, body = s.get("/")       # the queue (max 1) is full
     assert status == 503 and b"503" in body
     t2.join()
@@ -145,3 +146,45 @@ def test_sigkill_of_the_manager_leaves_no_process_behind(tmp_path, apps_dir):
     finally:
         s._log.close()
         s.kill_leftovers()
+
+
+def test_port_0_binds_a_free_port_named_in_the_start_line_and_in_status(make_server, apps_dir):
+    """`listen: 127.0.0.1:0` (what the harness uses): the system picks the port at bind time, no
+    probe-then-bind race; the start log line and `status --json` name the bound port."""
+    s = make_server({"listen": ["127.0.0.1:0"], "apps": [app_config("a", copy_app("wsgi_echo", apps_dir))]})
+    st = json.loads(s.cli("status", "--json").stdout)
+    assert len(st["listen"]) == 1 and st["listen"][0].startswith("http://127.0.0.1:"), st["listen"]
+    port = int(st["listen"][0].rsplit(":", 1)[1])
+    assert port != 0
+    assert f"serving 1 app(s) on http://127.0.0.1:{port}" in s.logs()
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/")
+    assert c.getresponse().read() == b"hello from wsgi\n"
+    c.close()
+    # the config still says :0 and so does the running site: reloading it changes no listener
+    r = s.cli("reload")
+    assert r.returncode == 0 and "listen" not in r.stdout + r.stderr, r
+    assert json.loads(s.cli("status", "--json").stdout)["listen"] == st["listen"]
+
+
+def test_a_stalled_manager_loop_is_logged_and_fails_the_harness(tmp_path, apps_dir):
+    """PASSENGER_LITE_DEBUG_LOOP (set by the harness): the manager logs a loop that did not run for
+    longer than the limit, and Server.stop() fails the test. The stall here is the whole manager
+    stopped (SIGSTOP) for 2.5 s: nothing of ours blocks the loop that long on purpose."""
+    s = Server(tmp_path / "s", {"apps": [app_config("a", copy_app("wsgi_echo", apps_dir))]})
+    s.start()
+    try:
+        assert s.get("/")[0] == 200 and s.loop_stalls() == []
+        os.kill(s.proc.pid, signal.SIGSTOP)
+        time.sleep(2.5)
+        os.kill(s.proc.pid, signal.SIGCONT)
+        assert s.get("/")[0] == 200  # it serves again at once
+        deadline = time.monotonic() + 10
+        while not s.loop_stalls() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(s.loop_stalls()) == 1 and re.search(r"event loop blocked for [2-9]\.\d\d s", s.logs()), s.logs()
+    finally:
+        with pytest.raises(AssertionError, match="the manager's event loop was blocked"):
+            s.stop()

@@ -186,8 +186,9 @@ def test_bytes_after_a_closing_request_in_flight_do_not_cut_its_answer(site):
     """The extra bytes come while the closing request is at the worker: its answer still
     arrives whole (it used to be replaced by a 400)."""
     with RawConn(site.port) as c:
-        c.send(request("GET", "/slow?t=0.5"))
-        time.sleep(0.1)
+        c.send(request("GET", "/slow?t=2"))
+        site.wait_status(lambda st: sum(w["in_flight"] for a in st["apps"] if a["name"] == "py"
+                                        for w in a["workers"]) == 1, "the closing request at the worker")
         c.send(request("GET", "/env"))
         r = c.response()
         assert (r.status, r.body) == (200, b"slept\n")

@@ -150,7 +150,7 @@ class Runtime:
         """Validate the config file again and apply it: new apps start, removed ones drain and
         stop, changed ones get a rolling restart. Listening sockets stay open throughout."""
         try:
-            new = configmod.load(self.site.path, self.registry)
+            new = await asyncio.to_thread(configmod.load, self.site.path, self.registry)  # file reads: off the loop
             users = _user_policy(new, announce=False)
         except ConfigError as e:
             log.error("reload rejected; the running config stays:\n%s", e)
@@ -276,9 +276,11 @@ def run(site: Site, **kw) -> int:
         except ImportError:
             pass
     runtime = Runtime(site, **kw)
+    from .loopwatch import watched  # PASSENGER_LITE_DEBUG_LOOP (tests): log a blocked loop
+
     if uvloop is not None:
-        return uvloop.run(runtime.run())
-    return asyncio.run(runtime.run())
+        return uvloop.run(watched(runtime.run()))
+    return asyncio.run(watched(runtime.run()))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -152,8 +152,9 @@ class Proxy:
                 else:
                     lst.server = await self.loop.create_server(
                         factory, addr.host, addr.port, backlog=1024, reuse_address=True, **tls)
-                    if addr.port == 0:  # ephemeral: remember what we got (tests, smoke)
-                        lst.port = addr.port = lst.server.sockets[0].getsockname()[1]
+                    if addr.port == 0:  # ephemeral: the listener has the port we got (status, smoke); the
+                        # address stays as configured, so a reload of the same config is no `listen` change
+                        lst.port = lst.server.sockets[0].getsockname()[1]
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on {addr}: {e.strerror or e}") from None
             self.listeners.append(lst)
