@@ -31,7 +31,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from passenger_lite.proxy.forward import Unavailable
+from passenger_lite.proxy.checkout import Unavailable
 from passenger_lite.spawners.base import short_command
 
 from .states import AppState, WorkerState

@@ -145,6 +145,16 @@ class Worker:
     def label(self) -> str:
         return f"{self.app}#{self.id}"
 
+    @property
+    def address(self) -> str | tuple[str, int]:
+        """Where the proxy connects (proxy.checkout.Backend): its Unix socket or loopback port."""
+        return self.sock if self.port is None else ("127.0.0.1", self.port)
+
+    @property
+    def accepting(self) -> bool:
+        """It takes new requests (proxy.checkout.Backend)."""
+        return self.state is W.READY
+
     def set_state(self, new: WorkerState, why: str = "") -> None:
         old = self.state
         if old is new:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from .buffers import RESPONSE_FILE_MAX, RESPONSE_MEMORY, Spill
+from .checkout import Unavailable
 from .headers import MAX_RESPONSE_HEAD, RESPONSE_DROP
 
 if TYPE_CHECKING:
@@ -53,16 +54,6 @@ class _WorkerNotReading(Exception):
     """The worker stopped taking request body bytes for response_timeout."""
 
 
-class Unavailable(Exception):
-    """No worker can take this request: 503 (queue full, app failed) or 504 (waited too long)."""
-
-    def __init__(self, status: int, message: str, problem=None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.problem = problem
-
-
 class Exchange:
     """One request and its response. Also the pool's waiter while queued for a worker."""
 
@@ -70,7 +61,7 @@ class Exchange:
         "front", "pool", "msg", "method", "target", "host_header", "request_id",
         "body", "payload", "stream_body", "up_chunked", "ws",
         "worker", "conn", "status", "resp_started", "resp_bytes", "finished", "req_done",
-        "queue_deadline", "response_deadline", "t0", "t_worker", "t_response", "retried",
+        "queue_deadline", "response_deadline", "t0", "t_worker", "retried",
         "body_task", "app_name", "last_worker", "spool", "body_len", "rbuf", "rdone",
     )
 
@@ -99,7 +90,6 @@ class Exchange:
         self.response_deadline = 0.0
         self.t0 = _clock()
         self.t_worker = 0.0
-        self.t_response = 0.0
         self.retried = 0                    # times re-dispatched before any worker read it
         self.body_task = None
         self.last_worker = None             # who served it, for the access log (worker is cleared on release)
@@ -520,7 +510,6 @@ class Upstream(asyncio.Protocol):
         if status >= 500:  # the request id is on the app's error page: put it in the log too
             front.proxy.log_upstream_error(ex, status, f"answered by {self.worker.label}")
         ex.resp_started = True
-        ex.t_response = _clock()
         self.keep = self.keep and self.parser.should_keep_alive()
         parts = [_status_line(status, self.reason)]
         parts += self.hdrs
@@ -695,7 +684,6 @@ class Upstream(asyncio.Protocol):
         front = ex.front
         ex.status = 101
         ex.resp_started = True
-        ex.t_response = _clock()
         parts = [_status_line(101, self.reason or b"Switching Protocols"), b"Connection: Upgrade\r\n"]
         parts += self.hdrs
         front.write_head(parts)

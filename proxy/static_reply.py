@@ -201,7 +201,6 @@ def answer(front: "FrontProtocol", ex: "Exchange", headers, rel: str, fd: int, s
     ]
     if vary:
         common.append(b"Vary: Accept-Encoding\r\n")
-    ex.t_response = time.monotonic()
     if precondition_failed(headers, etag, mtime):
         ex.status = 412
         front.write_head([b"HTTP/1.1 412 Precondition Failed\r\n", b"Content-Length: 0\r\n"])

@@ -25,7 +25,6 @@ import errno
 import os
 import struct
 
-from passenger_lite.manager.states import WorkerState
 
 LINGER = 2.0        # seconds of quiet, once all is written, before a finished tunnel is closed
 LINGER_MAX = 30.0   # most seconds a finished tunnel waits for its client to close
@@ -34,12 +33,11 @@ LINGER_MAX = 30.0   # most seconds a finished tunnel waits for its client to clo
 class _Frames:
     """Follows WebSocket frame boundaries in one direction without copying payloads."""
 
-    __slots__ = ("need", "header", "in_payload")
+    __slots__ = ("need", "header")
 
     def __init__(self):
         self.need = 0          # payload bytes left in the current frame
         self.header = b""      # partial frame header
-        self.in_payload = False
 
     def feed(self, data: bytes) -> None:
         i, n = 0, len(data)
@@ -243,7 +241,7 @@ class Tunnel:
             self.go_away(1001)
         else:
             w = self.ex.worker
-            if w is not None and w.state is not WorkerState.READY:
+            if w is not None and not w.accepting:
                 # its worker is being replaced (restart, recycling) and stops once this ends:
                 # the WebSocket gets the app's shutdown_timeout, as a request would
                 if not self.draining_since:

@@ -11,7 +11,7 @@ from passenger_lite.manager.config import AppConfig
 from passenger_lite.manager.pool import FAIL_LIMIT, AppPool
 from passenger_lite.manager.states import AppState, WorkerState
 from passenger_lite.manager.worker import Worker
-from passenger_lite.proxy.forward import Unavailable
+from passenger_lite.proxy.checkout import Unavailable
 
 W = WorkerState
 
