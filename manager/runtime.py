@@ -70,6 +70,7 @@ class Runtime:
             self.poolset = PoolSet(self.site, self.registry, self.instance.workers, watchdog, self.printer, users)
             stack.push_async_callback(self._stop_pools)
             self.proxy = Proxy(self.site, self.poolset.pools, loop)
+            self.poolset.observers.append(self.proxy.backend_gone)
             await self.proxy.listen()
             stack.push_async_callback(self._drain_proxy)
             from .control import ControlServer

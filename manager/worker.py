@@ -101,7 +101,6 @@ class Worker:
         self.state = W.STARTING
         self.proc: asyncio.subprocess.Process | None = None
         self.pid: int | None = None
-        self.idle: list = []  # pooled keep-alive connections (proxy.forward.Upstream)
         self.concurrency = pool.app.concurrency or 0
         self.in_flight = 0
         self.served = 0
@@ -306,10 +305,7 @@ class Worker:
             desc.worker_ended(self.seq, self.cgroup)
             desc.known.discard(self.pid)
         watchdog.remove(self.pid)
-        for conn in self.idle:
-            if conn.transport is not None:
-                conn.transport.close()
-        self.idle.clear()
+        self.pool.poolset.backend_gone(self)
         await self._drain_output()
         self.pool.on_worker_exit(self)
 
@@ -323,10 +319,7 @@ class Worker:
             self.stop_reason = reason
         if self.state is not W.STOPPING:
             self.set_state(W.STOPPING, reason)
-        for conn in self.idle:
-            if conn.transport is not None:
-                conn.transport.close()
-        self.idle.clear()
+        self.pool.poolset.backend_gone(self)
         if self._exit_task is None:
             return
         self._signal(signal.SIGTERM)

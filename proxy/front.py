@@ -68,6 +68,7 @@ class FrontProtocol(BaseProtocol):
         super().__init__(proxy.loop)
         self.loop = proxy.loop
         self.proxy = proxy
+        self.idle = proxy.idle
         self.listener = listener
         self._parser = HttpRequestParser(
             self, self.loop, _READ_LIMIT, max_line_size=proxy.max_header_size,

@@ -22,6 +22,7 @@ from .pages import Pages
 from .router import Mount, Router
 from .sockets import remove_stale_socket
 from .tls import ListenerTLS, TLSError
+from .upstream import IdlePool
 
 log = logging.getLogger("passenger_lite.proxy")
 SWEEP_INTERVAL = 0.5
@@ -58,6 +59,7 @@ class Proxy:
         self.connections: set[FrontProtocol] = set()
         self.tunnels: set = set()
         self.host_cache: dict[str, str] = {}
+        self.idle = IdlePool()         # keep-alive connections to workers, per backend
         self.listeners: list[Listener] = []
         self.stopping = False
         self.observers: list[Callable] = []
@@ -220,6 +222,11 @@ class Proxy:
                 c.transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+
+    def backend_gone(self, backend) -> None:
+        """The manager's hook (PoolSet.observers): a worker stops or has exited; its idle
+        connections are closed (connections serving a request end with it)."""
+        self.idle.drop(backend)
 
     # ------------------------------------------------------------------ observers (logs, metrics)
 
