@@ -20,19 +20,45 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .buffers import Spill
 from .checkout import Unavailable
+from .headers import FORWARDING, REQUEST_DROP, connection_tokens
 from .upstream import Upstream
 
 if TYPE_CHECKING:
-    from .front import FrontProtocol
+    from .checkout import Backend, Checkout
+    from .reply import ReplyWriter
 
 # request timings (access log, metrics): uvloop's loop.time() only moves in whole milliseconds
 _clock = time.monotonic
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _MAX_RESENDS = 3               # attempts to place a request that no worker has read yet
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is at the other end of a client connection, made once per connection (front)."""
+
+    peer_ip: str
+    trusted: bool      # a trusted proxy (trusted_proxies): its forwarding headers stand
+    scheme: str        # of the listener: http or https
+    port: int
+    ip: bytes          # peer_ip, encoded once
+    fwd: bytes         # the X-Forwarded-Proto/Port and X-Real-IP lines for an untrusted client
+
+    @classmethod
+    def of(cls, peer_ip: str, trusted: bool, scheme: str, port: int) -> "ClientInfo":
+        ip = peer_ip.encode()
+        fwd = b"X-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\nX-Real-IP: %s\r\n" % (scheme.encode(), port, ip)
+        return cls(peer_ip, trusted, scheme, port, ip, fwd)
+
+
+NO_CLIENT = ClientInfo.of("", False, "http", 0)  # before connection_made (or a refused connection)
+
+
 class _WorkerNotReading(Exception):
     """The worker stopped taking request body bytes for response_timeout."""
 
@@ -41,15 +67,16 @@ class Exchange:
     """One request and its response. Also the pool's waiter while queued for a worker."""
 
     __slots__ = (
-        "front", "pool", "msg", "method", "target", "host_header", "request_id",
+        "front", "client", "pool", "msg", "method", "target", "host_header", "request_id",
         "body", "payload", "stream_body", "up_chunked", "ws",
         "worker", "conn", "status", "resp_started", "resp_bytes", "finished", "req_done",
         "queue_deadline", "response_deadline", "t0", "t_worker", "retried",
         "body_task", "app_name", "last_worker", "spool", "body_len", "rbuf", "rdone",
     )
 
-    def __init__(self, front: "FrontProtocol", pool, msg, target: str, host_header: str):
+    def __init__(self, front: "ReplyWriter", pool: "Checkout", msg, target: str, host_header: str):
         self.front = front
+        self.client: ClientInfo = front.client
         self.pool = pool
         self.app_name = pool.name
         self.msg = msg
@@ -81,6 +108,11 @@ class Exchange:
         self.rbuf: Spill | None = None      # response bytes held for a slow client
         self.rdone = False                  # the worker's response has ended; rbuf still to be written
 
+    @property
+    def http_version(self) -> tuple[int, int]:
+        """The client's HTTP version (major, minor), for observers."""
+        return self.msg.version
+
     # ------------------------------------------------------------------ getting a worker
 
     def dispatch(self) -> None:
@@ -92,7 +124,7 @@ class Exchange:
         if worker is not None:
             self.on_worker(worker)
 
-    def on_worker(self, worker) -> None:
+    def on_worker(self, worker: "Backend") -> None:
         """Called by the pool, now or when a queued request gets its turn."""
         if self.finished:  # the client left while we waited; give the slot back
             self.pool.release(worker)
@@ -153,6 +185,66 @@ class Exchange:
         return True
 
     # ------------------------------------------------------------------ the request
+
+    def request_head(self) -> bytes:
+        """The worker-bound request head: hop-by-hop and Connection-named headers dropped,
+        X-Forwarded-* and X-Request-Id from what this hop saw (`client`)."""
+        ex = self
+        msg = ex.msg
+        client = ex.client
+        parts = [b"%s %s HTTP/1.1\r\n" % (ex.method.encode(), ex.target.encode("utf-8", "surrogateescape"))]
+        drop = REQUEST_DROP
+        conn_named = None
+        if "Connection" in msg.headers:
+            conn_named = connection_tokens([v.encode("latin-1") for v in msg.headers.getall("Connection")])
+        trusted = client.trusted
+        rid = None
+        xff = None
+        seen = None
+        for name, value in msg.raw_headers:
+            ln = name.lower()
+            if ln in drop:
+                if trusted and ln in FORWARDING:
+                    if seen is None:
+                        seen = set()
+                    seen.add(ln)
+                    if ln == b"x-forwarded-for":
+                        xff = value if xff is None else xff + b", " + value
+                    else:
+                        parts.append(b"%s: %s\r\n" % (name, value))
+                continue
+            if b"_" in name or (conn_named is not None and ln in conn_named):
+                continue
+            if ln == b"x-request-id":
+                if rid is not None or len(value) > 200:
+                    continue
+                rid = value
+            parts.append(b"%s: %s\r\n" % (name, value))
+        if rid is None:
+            ex.request_id = ex.front.proxy.next_request_id()
+            parts.append(b"X-Request-Id: %s\r\n" % ex.request_id.encode())
+        else:
+            ex.request_id = rid.decode("latin-1")
+        ip = client.ip
+        host = ex.host_header.encode("latin-1")
+        if not trusted:
+            parts.append(b"Host: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\n" % (host, host, ip))
+            parts.append(client.fwd)
+        else:
+            _trusted_forwarding(client, parts, host, ip, xff, seen or ())
+        if ex.ws:
+            parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+        if ex.stream_body:
+            if ex.up_chunked:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                parts.append(b"Content-Length: %s\r\n" % msg.headers["Content-Length"].encode())
+        elif ex.spool is not None:
+            parts.append(b"Content-Length: %d\r\n" % ex.body_len)
+        elif ex.body is not None:
+            parts.append(b"Content-Length: %d\r\n" % len(ex.body))
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     async def pump_body(self, conn: "Upstream") -> None:
         """Stream the rest of the request body to the worker, with backpressure both ways
@@ -274,3 +366,18 @@ class Exchange:
         if w is not None:
             self.worker = None
             self.pool.release(w, failed=failed, reason=reason)
+
+
+def _trusted_forwarding(client: ClientInfo, parts: list, host: bytes, ip: bytes, xff: bytes | None, seen) -> None:
+    """From a trusted proxy, the forwarding headers it sent stand (copied above); the ones it
+    did not send are filled in from this hop, so none is missing or doubled."""
+    parts.append(b"Host: %s\r\nX-Forwarded-For: %s\r\n" % (host, ip if xff is None else xff + b", " + ip))
+    if b"x-forwarded-host" not in seen:
+        parts.append(b"X-Forwarded-Host: %s\r\n" % host)
+    if b"x-forwarded-proto" not in seen:
+        parts.append(b"X-Forwarded-Proto: %s\r\n" % client.scheme.encode())
+    if b"x-forwarded-port" not in seen:
+        parts.append(b"X-Forwarded-Port: %d\r\n" % client.port)
+    if b"x-real-ip" not in seen:
+        # the client as the trusted proxy saw it: the last address it added (as nginx's realip)
+        parts.append(b"X-Real-IP: %s\r\n" % (xff.rpartition(b",")[2].strip() if xff else ip))

@@ -130,7 +130,7 @@ class Upstream(asyncio.Protocol):
         ex.conn = self
         self._reset()
         front = ex.front
-        head = front.request_head(ex)
+        head = ex.request_head()
         if ex.body:
             self.transport.write(head + (b"%x\r\n%s\r\n" % (len(ex.body), ex.body) if ex.up_chunked else ex.body))
         else:

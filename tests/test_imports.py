@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("proxy", "manager", "spawners")
 
@@ -94,7 +92,6 @@ def test_no_import_cycle_in_spawners():
     assert _cycles(_graph(), "spawners.") == []
 
 
-@pytest.mark.xfail(strict=True, reason="front <-> forward <-> server <-> static <-> static_reply, broken next")
 def test_no_import_cycle_in_proxy():
     assert _cycles(_graph(), "proxy.") == []
 
