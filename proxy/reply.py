@@ -1,4 +1,4 @@
-"""Writing responses to the client: heads with our Date and Connection, the end of an exchange, error pages, redirects.
+"""Writing responses to the client: heads, the end of an exchange, error pages, redirects.
 
 `ReplyWriter` is the part of the client protocol (front.FrontProtocol, whose base class it is)
 that forward.py, upstream.py, static_reply.py and tunnel.py write through: they type against it
@@ -137,6 +137,7 @@ class ReplyWriter:
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
 
 def drop_buffers(ex) -> None:
     """The exchange is over: its temporary files (if any) go."""

@@ -24,6 +24,12 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .forward import Exchange
+    from .reply import ReplyWriter
+    from .upstream import Upstream
 
 
 LINGER = 2.0        # seconds of quiet, once all is written, before a finished tunnel is closed
@@ -79,7 +85,7 @@ def close_frame(code: int, masked: bool) -> bytes:
 
 
 class Tunnel:
-    def __init__(self, proxy, front, ex, upstream, rest: bytes):
+    def __init__(self, proxy, front: "ReplyWriter", ex: "Exchange", upstream: "Upstream", rest: bytes):
         self.proxy = proxy
         self.front = front
         self.ex = ex
