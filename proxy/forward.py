@@ -131,7 +131,7 @@ class Exchange:
             return
         self.worker = self.last_worker = worker
         self.t_worker = _clock()
-        idle = self.front.idle.conns.get(worker)
+        idle = self.front.idle_conns.get(worker)
         if idle:
             idle.pop().send(self)
         else:
@@ -144,13 +144,13 @@ class Exchange:
 
     async def _connect(self, worker) -> None:
         loop = self.front.loop
-        idle = self.front.idle
+        spare = self.front.proxy.idle.spare(worker)
         addr = worker.address
         try:
             if isinstance(addr, str):  # the usual case: the worker's private Unix socket
-                _, conn = await loop.create_unix_connection(lambda: Upstream(worker, idle), addr)
+                _, conn = await loop.create_unix_connection(lambda: Upstream(worker, spare), addr)
             else:  # a worker that listens on a loopback port (command spawner)
-                _, conn = await loop.create_connection(lambda: Upstream(worker, idle), *addr)
+                _, conn = await loop.create_connection(lambda: Upstream(worker, spare), *addr)
         except OSError as e:
             self.worker = None
             self.pool.release(worker, failed=True, reason=f"cannot connect to its socket: {e.strerror or e}")
@@ -178,7 +178,7 @@ class Exchange:
                 or self.retried >= _MAX_RESENDS or self.method not in _IDEMPOTENT):
             return False
         self.retried += 1
-        self.front.idle.drop(worker)
+        self.front.proxy.idle.drop(worker)
         self.conn = None
         self.release_worker()
         self.dispatch()

@@ -67,7 +67,7 @@ class FrontProtocol(ReplyWriter, BaseProtocol):
         super().__init__(proxy.loop)
         self.loop = proxy.loop
         self.proxy = proxy
-        self.idle = proxy.idle
+        self.idle_conns = proxy.idle.conns  # backend -> its idle worker connections (upstream.py)
         self.listener = listener
         self._parser = HttpRequestParser(
             self, self.loop, _READ_LIMIT, max_line_size=proxy.max_header_size,

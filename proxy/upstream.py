@@ -31,53 +31,59 @@ def _status_line(status: int, reason: bytes) -> bytes:
 
 
 
+class Spare(list):
+    """One backend's idle connections, most recently used last. `dead` once the backend is gone:
+    a connection given back after that is closed instead of kept."""
+
+    __slots__ = ("dead",)
+
+    def __init__(self, dead: bool = False):
+        super().__init__()
+        self.dead = dead
+
+
 class IdlePool:
-    """Idle keep-alive connections per backend, for the next request to the same worker.
-    `conns` is read directly on the hot path (forward.Exchange.on_worker)."""
+    """Idle keep-alive connections per backend, for the next request to the same worker. Each
+    Upstream holds its backend's `Spare` list, so giving a connection back is one append; `conns`
+    is read directly on the hot path (forward.Exchange.on_worker)."""
 
     __slots__ = ("conns",)
 
     def __init__(self):
-        self.conns: dict = {}   # backend -> list[Upstream], most recently used last
+        self.conns: dict = {}   # backend -> Spare
 
-    def put(self, conn: "Upstream") -> None:
-        idle = self.conns.get(conn.worker)
-        if idle is None:
-            idle = self.conns[conn.worker] = []
-        if len(idle) < MAX_IDLE:
-            idle.append(conn)
-        else:
-            conn.transport.close()
-
-    def remove(self, conn: "Upstream") -> None:
-        idle = self.conns.get(conn.worker)
-        if idle is not None:
-            try:
-                idle.remove(conn)
-            except ValueError:
-                pass
-            if not idle:
-                del self.conns[conn.worker]
+    def spare(self, backend) -> Spare:
+        """The list a new connection to `backend` goes back to (per new connection, not request)."""
+        s = self.conns.get(backend)
+        if s is None:
+            if not backend.accepting:  # connected while it was being stopped: never kept
+                return Spare(dead=True)
+            s = self.conns[backend] = Spare()
+        return s
 
     def drop(self, backend) -> None:
-        """Close every idle connection to `backend` (it is gone, or its socket broke)."""
-        for c in self.conns.pop(backend, ()):
-            if c.transport is not None:
-                c.transport.close()
+        """Close every idle connection to `backend` and keep none from now on (it is gone)."""
+        s = self.conns.pop(backend, None)
+        if s is not None:
+            s.dead = True
+            for c in s:
+                if c.transport is not None:
+                    c.transport.close()
+            s.clear()
 
 
 class Upstream(asyncio.Protocol):
-    """A keep-alive connection to one worker's socket; idle ones wait in the IdlePool."""
+    """A keep-alive connection to one worker's socket; idle ones wait in their backend's Spare."""
 
     __slots__ = (
         "worker", "transport", "parser", "ex", "reason", "hdrs", "cl", "bad", "interim",
         "rechunk", "until_close", "keep", "write_paused", "drain_waiter", "paused_for_front",
-        "tunnel", "te_chunked", "out", "head_read", "timer", "idle",
+        "tunnel", "te_chunked", "out", "head_read", "timer", "spare",
     )
 
-    def __init__(self, worker, idle: IdlePool):
+    def __init__(self, worker, spare: Spare):
         self.worker = worker
-        self.idle = idle
+        self.spare = spare
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.ex = None  # the forward.Exchange it serves
@@ -226,7 +232,10 @@ class Upstream(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.peer_lost(exc)
             return
-        self.idle.remove(self)
+        try:
+            self.spare.remove(self)
+        except ValueError:
+            pass
         ex = self.ex
         if ex is None:
             return
@@ -338,7 +347,11 @@ class Upstream(asyncio.Protocol):
     def give_back(self) -> None:
         t = self.transport
         if t is not None and not t.is_closing():
-            self.idle.put(self)
+            spare = self.spare
+            if len(spare) < MAX_IDLE and not spare.dead:
+                spare.append(self)
+            else:
+                t.close()
 
     def _complete(self, ex) -> None:
         if ex.finished:  # an orphan: its response was read and dropped; now the worker is free

@@ -1,5 +1,6 @@
 """The proxy's idle worker connections (proxy/upstream.py IdlePool): kept per backend, capped,
-forgotten when they close, and all closed when the manager reports their backend gone."""
+forgotten when they close, and all closed when the manager reports their backend gone (and none
+kept after that)."""
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +30,7 @@ async def _server(path: str):
 
 
 async def _connect(loop, backend, idle) -> Upstream:
-    _, conn = await loop.create_unix_connection(lambda: Upstream(backend, idle), backend.address)
+    _, conn = await loop.create_unix_connection(lambda: Upstream(backend, idle.spare(backend)), backend.address)
     return conn
 
 
@@ -60,7 +61,7 @@ async def test_backend_gone_closes_its_idle_connections_only(tmp_path):
     # a connection that closes (the worker's end went away) leaves the pool by itself
     conn_b.transport.close()
     await asyncio.wait_for(closed_b.get(), 5)
-    await _until(lambda: not idle.conns)
+    await _until(lambda: idle.conns[b] == [])
     sa.close()
     sb.close()
 
@@ -79,4 +80,23 @@ async def test_at_most_max_idle_per_backend(tmp_path):
     idle.drop(a)
     for _ in range(MAX_IDLE):
         await asyncio.wait_for(closed.get(), 5)
+    server.close()
+
+
+async def test_a_connection_given_back_after_its_backend_is_gone_is_closed(tmp_path):
+    """A request that was still running when its worker was stopped: its connection is not kept."""
+    loop = asyncio.get_running_loop()
+    a = Backend(1, str(tmp_path / "a.sock"))
+    server, closed = await _server(a.address)
+    idle = IdlePool()
+    busy = await _connect(loop, a, idle)
+    idle.drop(a)       # the manager: worker stopping
+    busy.give_back()   # its response ended after that
+    await asyncio.wait_for(closed.get(), 5)
+    assert a not in idle.conns
+    a.accepting = False
+    late = await _connect(loop, a, idle)  # a connect that was under way as it stopped
+    late.give_back()
+    await asyncio.wait_for(closed.get(), 5)
+    assert idle.conns == {}
     server.close()
