@@ -92,10 +92,10 @@ def observers_alone(n: int = 200_000) -> dict:
 
     loop = asyncio.new_event_loop()
     worker = SimpleNamespace(id=1, pid=4242)
-    ex = SimpleNamespace(front=SimpleNamespace(peer_ip="127.0.0.1"), method="GET", target="/posts?page=2",
-                         msg=SimpleNamespace(version=SimpleNamespace(major=1, minor=1)), host_header="blog.test",
+    ex = SimpleNamespace(client=SimpleNamespace(peer_ip="127.0.0.1"), method="GET", target="/posts?page=2",
+                         http_version=(1, 1), host_header="blog.test",
                          resp_bytes=5120, app_name="blog", last_worker=worker, t0=loop.time() - 0.004,
-                         t_worker=loop.time() - 0.003, t_response=loop.time() - 0.001, request_id="abc-1")
+                         t_worker=loop.time() - 0.003, request_id="abc-1")
     runtime = SimpleNamespace(site=SimpleNamespace(config=SimpleNamespace(log_format="text", access_log=None),
                                                    metrics_address=None), poolset=None, proxy=None)
     m = Metrics(runtime)

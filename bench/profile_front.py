@@ -16,7 +16,9 @@ from procs import TICK, cpu_split, cpu_ticks
 FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 AREAS = [  # first match wins, tested against "file function" (py-spy names files relative to sys.path)
     ("front.py", "proxy: client side (front.py)"),
-    ("forward.py", "proxy: worker side (forward.py)"),
+    ("forward.py", "proxy: the exchange (forward.py)"),
+    ("upstream.py", "proxy: worker side (upstream.py)"),
+    ("reply.py", "proxy: responses (reply.py)"),
     ("headers.py", "proxy: headers.py"),
     ("router.py", "proxy: router.py"),
     ("static.py", "proxy: static files (static.py)"),

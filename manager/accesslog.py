@@ -68,8 +68,8 @@ def format_text(ex, status: int, aborted: bool, end: float, wall: float) -> str:
     """One text line for a finished Exchange (formatted straight from it: this runs per request)."""
     w = ex.last_worker
     total, queue, up = _times(ex, end)
-    v = ex.msg.version
-    return _TEXT % (ex.front.peer_ip or "-", _clf_time(wall), ex.method, _q(ex.target), v.major, v.minor, status,
+    v = ex.http_version
+    return _TEXT % (ex.client.peer_ip or "-", _clf_time(wall), ex.method, _q(ex.target), v[0], v[1], status,
                     ex.resp_bytes, _q(ex.host_header), ex.app_name, w.id if w is not None else "-",
                     w.pid if w is not None else "-", total, queue, "-" if up is None else "%.1f" % up,
                     ex.request_id or "-", " aborted" if aborted else "")
@@ -78,8 +78,8 @@ def format_text(ex, status: int, aborted: bool, end: float, wall: float) -> str:
 def format_json(ex, status: int, aborted: bool, end: float, wall: float) -> str:
     w = ex.last_worker
     total, queue, up = _times(ex, end)
-    v = ex.msg.version
-    return _JSON % (wall, _js(ex.front.peer_ip), _js(ex.method), _js(ex.target), v.major, v.minor,
+    v = ex.http_version
+    return _JSON % (wall, _js(ex.client.peer_ip), _js(ex.method), _js(ex.target), v[0], v[1],
                     _js(ex.host_header), status, ex.resp_bytes, _js(ex.app_name),
                     w.id if w is not None else "null", w.pid if w is not None else "null", total, queue,
                     "null" if up is None else "%.1f" % up, _js(ex.request_id), "true" if aborted else "false")

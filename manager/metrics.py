@@ -125,9 +125,9 @@ class Metrics:
         await self.runner.setup()
         try:
             if addr.kind == "unix":
-                from passenger_lite.proxy.server import _remove_stale_socket
+                from passenger_lite.proxy.sockets import remove_stale_socket
 
-                _remove_stale_socket(addr.path)
+                remove_stale_socket(addr.path)
                 site = web.UnixSite(self.runner, addr.path)
             else:
                 site = web.TCPSite(self.runner, addr.host, addr.port, reuse_address=True)

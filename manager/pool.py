@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from passenger_lite.proxy.forward import Unavailable
+from passenger_lite.proxy.checkout import Unavailable
 from passenger_lite.spawners.base import short_command
 
 from .lifecycle import MEMORY_CHECK_AFTER_REQUEST, Lifecycle
@@ -46,6 +46,7 @@ class PoolHost(Protocol):
     def wants_slot(self, pool: "AppPool") -> bool: ...
     async def wait_for_slot(self, timeout: float) -> None: ...
     def slot_freed(self) -> None: ...
+    def backend_gone(self, w: Worker) -> None: ...
     def new_worker(self, pool: "AppPool", wid: int) -> Worker: ...
     def worker_spec(self, pool: "AppPool", w: Worker) -> "WorkerSpec": ...
 
@@ -237,7 +238,7 @@ class AppPool(Lifecycle):
     def make_worker(self, wid: int, sock: str, port: int | None = None) -> Worker:
         """A Worker of this app that reports its transitions and its exit here."""
         return Worker(self.app, wid, sock, port, on_state=self.on_worker_state, on_exit=self.on_worker_exit,
-                      last_failure=lambda: self.last_failure)
+                      on_gone=self.poolset.backend_gone, last_failure=lambda: self.last_failure)
 
     def _new_worker(self) -> Worker:
         """A STARTING worker, counted in `starting` until its spawn ends (its slot is reserved)."""

@@ -41,10 +41,16 @@ class PoolSet:
         self._sock_seq = 0
         self._dirs: WorkerDirs | None = None  # the per-worker socket folders under workers_dir
         self._sweeper: asyncio.TimerHandle | None = None
+        self.observers: list = []          # callables(worker): it is gone (the proxy drops its connections)
         for app in site.apps:
             self.pools[app.name] = AppPool(app, registry.get(app.type), self)
 
     # ------------------------------------------------------------------ workers
+
+    def backend_gone(self, w: Worker) -> None:
+        """A worker stops or has exited: tell the observers (Proxy.backend_gone)."""
+        for o in self.observers:
+            o(w)
 
     def new_worker(self, pool: AppPool, wid: int) -> Worker:
         self._sock_seq += 1

@@ -78,6 +78,7 @@ class Runtime:
             for extra in extras:  # before the listeners, stopped after the drain: they see every request
                 await extra.start()
                 self.extras.append(extra)
+            self.poolset.observers.append(self.proxy.backend_gone)
             await self.proxy.listen()
             stack.push_async_callback(self._drain_proxy)
             from .control import ControlServer

@@ -44,10 +44,12 @@ def probe_request(ready_check: str) -> bytes | None:
 
 class Worker:
     def __init__(self, app: "AppConfig", wid: int, sock: str, port: int | None = None, *,
-                 on_state: Callable, on_exit: Callable, last_failure: Callable[[], StartFailure | None]):
+                 on_state: Callable, on_exit: Callable, on_gone: Callable,
+                 last_failure: Callable[[], StartFailure | None]):
         self.app = app.name
         self._on_state = on_state          # (worker, old, new, why): after each transition
         self._on_exit = on_exit            # (worker): once its process is gone
+        self._on_gone = on_gone            # (worker): it stops or has exited (the proxy drops its connections)
         self._last_failure = last_failure  # () -> its app's last StartFailure (a retry holds its output)
         self.id = wid
         self.sock = sock
@@ -55,7 +57,6 @@ class Worker:
         self.state = W.STARTING
         self.proc: asyncio.subprocess.Process | None = None
         self.pid: int | None = None
-        self.idle: list = []  # pooled keep-alive connections (proxy.forward.Upstream)
         self.concurrency = app.concurrency or 0
         self.in_flight = 0
         self.served = 0
@@ -97,6 +98,16 @@ class Worker:
     @property
     def label(self) -> str:
         return f"{self.app}#{self.id}"
+
+    @property
+    def address(self) -> str | tuple[str, int]:
+        """Where the proxy connects (proxy.checkout.Backend): its Unix socket or loopback port."""
+        return self.sock if self.port is None else ("127.0.0.1", self.port)
+
+    @property
+    def accepting(self) -> bool:
+        """It takes new requests (proxy.checkout.Backend)."""
+        return self.state is W.READY
 
     def set_state(self, new: WorkerState, why: str = "") -> None:
         old = self.state
@@ -250,10 +261,7 @@ class Worker:
             desc.worker_ended(self.seq, self.cgroup)
             desc.known.discard(self.pid)
         watchdog.remove(self.pid)
-        for conn in self.idle:
-            if conn.transport is not None:
-                conn.transport.close()
-        self.idle.clear()
+        self._on_gone(self)
         await self._drain_output()
         self._on_exit(self)
 
@@ -267,10 +275,7 @@ class Worker:
             self.stop_reason = reason
         if self.state is not W.STOPPING:
             self.set_state(W.STOPPING, reason)
-        for conn in self.idle:
-            if conn.transport is not None:
-                conn.transport.close()
-        self.idle.clear()
+        self._on_gone(self)
         if self._exit_task is None:
             return
         self._signal(signal.SIGTERM)

@@ -1,10 +1,10 @@
-"""One exchange through the proxy: request to a worker, response back to the client.
+"""One exchange through the proxy (`Exchange`): checkout of a worker, the request to it, its release.
 
 The hot path is callbacks, not coroutines: a request without a body (or with a small one already
-received) is routed, given a worker and written to a pooled keep-alive connection inside one
-`data_received` call; the worker's response is parsed by llhttp (httptools) and each piece is
-written to the client from the parser's callbacks. Tasks are only created for the slow cases:
-opening a new connection to a worker, and streaming a request body.
+received) is routed, given a worker and written to a pooled keep-alive connection (upstream.py)
+inside one `data_received` call; upstream.py parses the worker's response and writes each piece
+to the client from the parser's callbacks. Tasks are only created for the slow cases: opening a
+new connection to a worker, and streaming a request body.
 
 Slow clients (issue 11): a response the client takes slower than the worker writes is held
 (response_buffering: the client transport's buffer, then a temporary file, see buffers.py) and
@@ -20,62 +20,63 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import httptools
-
-from .buffers import RESPONSE_FILE_MAX, RESPONSE_MEMORY, Spill
-from .headers import MAX_RESPONSE_HEAD, RESPONSE_DROP
+from .buffers import Spill
+from .checkout import Unavailable
+from .headers import FORWARDING, REQUEST_DROP, connection_tokens
+from .upstream import Upstream
 
 if TYPE_CHECKING:
-    from .front import FrontProtocol
+    from .checkout import Backend, Checkout
+    from .reply import ReplyWriter
 
 # request timings (access log, metrics): uvloop's loop.time() only moves in whole milliseconds
 _clock = time.monotonic
-_NO_BODY_STATUS = frozenset({204, 304})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _MAX_RESENDS = 3               # attempts to place a request that no worker has read yet
-MAX_IDLE = 64  # idle keep-alive connections kept per worker
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 
-def _status_line(status: int, reason: bytes) -> bytes:
-    key = (status, reason)
-    line = _STATUS_LINES.get(key)
-    if line is None:
-        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Unknown")
-        if len(_STATUS_LINES) < 512:
-            _STATUS_LINES[key] = line
-    return line
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is at the other end of a client connection, made once per connection (front)."""
+
+    peer_ip: str
+    trusted: bool      # a trusted proxy (trusted_proxies): its forwarding headers stand
+    scheme: str        # of the listener: http or https
+    port: int
+    ip: bytes          # peer_ip, encoded once
+    fwd: bytes         # the X-Forwarded-Proto/Port and X-Real-IP lines for an untrusted client
+
+    @classmethod
+    def of(cls, peer_ip: str, trusted: bool, scheme: str, port: int) -> "ClientInfo":
+        ip = peer_ip.encode()
+        fwd = b"X-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\nX-Real-IP: %s\r\n" % (scheme.encode(), port, ip)
+        return cls(peer_ip, trusted, scheme, port, ip, fwd)
+
+
+NO_CLIENT = ClientInfo.of("", False, "http", 0)  # before connection_made (or a refused connection)
 
 
 class _WorkerNotReading(Exception):
     """The worker stopped taking request body bytes for response_timeout."""
 
 
-class Unavailable(Exception):
-    """No worker can take this request: 503 (queue full, app failed) or 504 (waited too long)."""
-
-    def __init__(self, status: int, message: str, problem=None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.problem = problem
-
-
 class Exchange:
     """One request and its response. Also the pool's waiter while queued for a worker."""
 
     __slots__ = (
-        "front", "pool", "msg", "method", "target", "host_header", "request_id",
+        "front", "client", "pool", "msg", "method", "target", "host_header", "request_id",
         "body", "payload", "stream_body", "up_chunked", "ws",
         "worker", "conn", "status", "resp_started", "resp_bytes", "finished", "req_done",
-        "queue_deadline", "response_deadline", "t0", "t_worker", "t_response", "retried",
+        "queue_deadline", "response_deadline", "t0", "t_worker", "retried",
         "body_task", "app_name", "last_worker", "spool", "body_len", "rbuf", "rdone",
     )
 
-    def __init__(self, front: "FrontProtocol", pool, msg, target: str, host_header: str):
+    def __init__(self, front: "ReplyWriter", pool: "Checkout", msg, target: str, host_header: str):
         self.front = front
+        self.client: ClientInfo = front.client
         self.pool = pool
         self.app_name = pool.name
         self.msg = msg
@@ -99,7 +100,6 @@ class Exchange:
         self.response_deadline = 0.0
         self.t0 = _clock()
         self.t_worker = 0.0
-        self.t_response = 0.0
         self.retried = 0                    # times re-dispatched before any worker read it
         self.body_task = None
         self.last_worker = None             # who served it, for the access log (worker is cleared on release)
@@ -107,6 +107,11 @@ class Exchange:
         self.body_len = 0
         self.rbuf: Spill | None = None      # response bytes held for a slow client
         self.rdone = False                  # the worker's response has ended; rbuf still to be written
+
+    @property
+    def http_version(self) -> tuple[int, int]:
+        """The client's HTTP version (major, minor), for observers."""
+        return self.msg.version
 
     # ------------------------------------------------------------------ getting a worker
 
@@ -119,14 +124,14 @@ class Exchange:
         if worker is not None:
             self.on_worker(worker)
 
-    def on_worker(self, worker) -> None:
+    def on_worker(self, worker: "Backend") -> None:
         """Called by the pool, now or when a queued request gets its turn."""
         if self.finished:  # the client left while we waited; give the slot back
             self.pool.release(worker)
             return
         self.worker = self.last_worker = worker
         self.t_worker = _clock()
-        idle = worker.idle
+        idle = self.front.idle_conns.get(worker)
         if idle:
             idle.pop().send(self)
         else:
@@ -139,11 +144,13 @@ class Exchange:
 
     async def _connect(self, worker) -> None:
         loop = self.front.loop
+        spare = self.front.proxy.idle.spare(worker)
+        addr = worker.address
         try:
-            if worker.port is None:  # the usual case: the worker's private Unix socket
-                _, conn = await loop.create_unix_connection(lambda: Upstream(worker), worker.sock)
+            if isinstance(addr, str):  # the usual case: the worker's private Unix socket
+                _, conn = await loop.create_unix_connection(lambda: Upstream(worker, spare), addr)
             else:  # a worker that listens on a loopback port (command spawner)
-                _, conn = await loop.create_connection(lambda: Upstream(worker), "127.0.0.1", worker.port)
+                _, conn = await loop.create_connection(lambda: Upstream(worker, spare), *addr)
         except OSError as e:
             self.worker = None
             self.pool.release(worker, failed=True, reason=f"cannot connect to its socket: {e.strerror or e}")
@@ -171,16 +178,73 @@ class Exchange:
                 or self.retried >= _MAX_RESENDS or self.method not in _IDEMPOTENT):
             return False
         self.retried += 1
-        for c in worker.idle:
-            if c.transport is not None:
-                c.transport.close()
-        worker.idle.clear()
+        self.front.proxy.idle.drop(worker)
         self.conn = None
         self.release_worker()
         self.dispatch()
         return True
 
     # ------------------------------------------------------------------ the request
+
+    def request_head(self) -> bytes:
+        """The worker-bound request head: hop-by-hop and Connection-named headers dropped,
+        X-Forwarded-* and X-Request-Id from what this hop saw (`client`)."""
+        ex = self
+        msg = ex.msg
+        client = ex.client
+        parts = [b"%s %s HTTP/1.1\r\n" % (ex.method.encode(), ex.target.encode("utf-8", "surrogateescape"))]
+        drop = REQUEST_DROP
+        conn_named = None
+        if "Connection" in msg.headers:
+            conn_named = connection_tokens([v.encode("latin-1") for v in msg.headers.getall("Connection")])
+        trusted = client.trusted
+        rid = None
+        xff = None
+        seen = None
+        for name, value in msg.raw_headers:
+            ln = name.lower()
+            if ln in drop:
+                if trusted and ln in FORWARDING:
+                    if seen is None:
+                        seen = set()
+                    seen.add(ln)
+                    if ln == b"x-forwarded-for":
+                        xff = value if xff is None else xff + b", " + value
+                    else:
+                        parts.append(b"%s: %s\r\n" % (name, value))
+                continue
+            if b"_" in name or (conn_named is not None and ln in conn_named):
+                continue
+            if ln == b"x-request-id":
+                if rid is not None or len(value) > 200:
+                    continue
+                rid = value
+            parts.append(b"%s: %s\r\n" % (name, value))
+        if rid is None:
+            ex.request_id = ex.front.proxy.next_request_id()
+            parts.append(b"X-Request-Id: %s\r\n" % ex.request_id.encode())
+        else:
+            ex.request_id = rid.decode("latin-1")
+        ip = client.ip
+        host = ex.host_header.encode("latin-1")
+        if not trusted:
+            parts.append(b"Host: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\n" % (host, host, ip))
+            parts.append(client.fwd)
+        else:
+            _trusted_forwarding(client, parts, host, ip, xff, seen or ())
+        if ex.ws:
+            parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+        if ex.stream_body:
+            if ex.up_chunked:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                parts.append(b"Content-Length: %s\r\n" % msg.headers["Content-Length"].encode())
+        elif ex.spool is not None:
+            parts.append(b"Content-Length: %d\r\n" % ex.body_len)
+        elif ex.body is not None:
+            parts.append(b"Content-Length: %d\r\n" % len(ex.body))
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     async def pump_body(self, conn: "Upstream") -> None:
         """Stream the rest of the request body to the worker, with backpressure both ways
@@ -304,402 +368,16 @@ class Exchange:
             self.pool.release(w, failed=failed, reason=reason)
 
 
-class Upstream(asyncio.Protocol):
-    """A keep-alive connection to one worker's socket; idle ones wait in `worker.idle`."""
-
-    __slots__ = (
-        "worker", "transport", "parser", "ex", "reason", "hdrs", "cl", "bad", "interim",
-        "rechunk", "until_close", "keep", "write_paused", "drain_waiter", "paused_for_front",
-        "tunnel", "te_chunked", "out", "head_read", "timer",
-    )
-
-    def __init__(self, worker):
-        self.worker = worker
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.ex: Exchange | None = None
-        self.write_paused = False
-        self.drain_waiter: asyncio.Future | None = None
-        self.paused_for_front = False
-        self.tunnel = None
-        self.out: list[bytes] = []  # bytes for the client from this read, written once at its end
-        self.timer: asyncio.TimerHandle | None = None  # response_timeout of an orphaned request
-        self._reset()
-
-    def _reset(self) -> None:
-        self.reason = b""
-        self.hdrs: list[bytes] = []
-        self.cl: bytes | None = None
-        self.bad: str | None = None
-        self.interim = False
-        self.rechunk = False
-        self.until_close = False
-        self.te_chunked = False
-        self.keep = True
-        self.head_read = 0  # bytes of the reads that ended before the response head did
-
-    # ------------------------------------------------------------------ asyncio
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        w = self.drain_waiter
-        if w is not None:
-            self.drain_waiter = None
-            if not w.done():
-                w.set_result(None)
-        if self.tunnel is not None:
-            self.tunnel.resume_from_peer()
-
-    async def drain(self) -> None:
-        if self.write_paused and self.transport is not None:
-            w = self.drain_waiter = asyncio.get_running_loop().create_future()
-            await w
-
-    def send(self, ex: Exchange) -> None:
-        """Write the request head (and a body we already hold) and wait for the response."""
-        self.ex = ex
-        ex.conn = self
-        self._reset()
-        front = ex.front
-        head = front.request_head(ex)
-        if ex.body:
-            self.transport.write(head + (b"%x\r\n%s\r\n" % (len(ex.body), ex.body) if ex.up_chunked else ex.body))
-        else:
-            self.transport.write(head)
-        if ex.stream_body or ex.spool is not None:
-            # response_timeout starts once the whole body is with the worker (pump_*: _body_sent)
-            ex.req_done = False
-            ex.response_deadline = float("inf")
-            ex.body_task = front.loop.create_task(ex.pump_body(self) if ex.stream_body else ex.pump_spool(self))
-        else:
-            ex.response_deadline = front.loop.time() + ex.pool.response_timeout
-
-    def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.from_peer(data)
-            return
-        if self.ex is None:  # bytes nobody asked for: this connection cannot be trusted any more
-            self.transport.abort()
-            return
-        ex = self.ex
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            self._upgraded(data[e.args[0]:])
-        except httptools.HttpParserError as e:
-            self._broken(f"invalid response: {e}")
-        if self.out:
-            self._flush()
-        elif self.ex is ex and not ex.resp_started:
-            # (not when this read ended the response and the next request was handed to this
-            # connection from inside it: that read is not the new response's head)
-            # the head goes on (and a header value without end never reaches on_header)
-            self.head_read += len(data)
-            if self.head_read > MAX_RESPONSE_HEAD:
-                self._broken(f"response head over {MAX_RESPONSE_HEAD} bytes")
-
-    def _flush(self) -> None:
-        """One write to the client for everything this read produced: a small response's head
-        and body go out together (one syscall, one wake-up of the client instead of two)."""
-        out = self.out
-        self.out = []
-        ex = self.ex
-        front = ex.front if ex is not None else None
-        t = front.transport if front is not None else None
-        if t is None:
-            return
-        rbuf = ex.rbuf
-        if rbuf is not None and (rbuf.size or (front.write_paused and t.get_write_buffer_size() > RESPONSE_MEMORY)):
-            self._hold(rbuf, out)
-            return
-        if len(out) == 1:
-            t.write(out[0])
-        else:
-            t.writelines(out)
-        if front.write_paused and not self.paused_for_front and self.transport is not None:
-            # the client is slower than the worker: hold the rest (in the client transport's
-            # buffer up to RESPONSE_MEMORY, then in a file), so the worker is given back as soon
-            # as it has answered (response_buffering), or else slow the worker down
-            if rbuf is None and self._may_buffer(ex):
-                ex.rbuf = Spill(0)
-            elif rbuf is None:
-                self.paused_for_front = True
-                self.transport.pause_reading()
-
-    def _hold(self, rbuf: Spill, out: list) -> None:
-        rbuf.add(out)
-        if rbuf.size > RESPONSE_FILE_MAX and not self.paused_for_front and self.transport is not None:
-            self.paused_for_front = True  # held enough: now the worker waits (resumed as it drains)
-            self.transport.pause_reading()
-
-    def _may_buffer(self, ex: Exchange) -> bool:
-        """Streams are never buffered: text/event-stream, `X-Accel-Buffering: no`, WebSockets."""
-        if ex.ws or not ex.pool.app.response_buffering:
-            return False
-        for h in self.hdrs:
-            name, _, value = h.partition(b":")
-            name = name.lower()
-            if name == b"content-type":
-                if value.strip().lower().startswith(b"text/event-stream"):
-                    return False
-            elif name == b"x-accel-buffering" and value.strip().lower() == b"no":
-                return False
-        return True
-
-    def eof_received(self):
-        return False
-
-    def connection_lost(self, exc) -> None:
-        self.transport = None
-        w = self.drain_waiter
-        if w is not None and not w.done():
-            w.set_exception(ConnectionError("worker connection lost"))
-        if self.tunnel is not None:
-            self.tunnel.peer_lost(exc)
-            return
-        try:
-            self.worker.idle.remove(self)
-        except ValueError:
-            pass
-        ex = self.ex
-        if ex is None:
-            return
-        self.ex = None
-        if ex.finished:  # an orphan (its client left): the worker closed, so it is done with it
-            self._orphan_done(ex)
-            return
-        if ex.resp_started and self.until_close and not self.bad:
-            self._complete(ex)  # a close-delimited body ends with the connection
-            return
-        if isinstance(exc, (BrokenPipeError, ConnectionResetError)) and ex.resend(self.worker, exc):
-            return
-        self._fail(ex, "the worker closed the connection" + (f" ({exc})" if exc else ""))
-
-    # ------------------------------------------------------------------ llhttp callbacks
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason = reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        ln = name.lower()
-        if ln in RESPONSE_DROP:
-            if ln == b"content-length":
-                self.cl = value
-            elif ln == b"transfer-encoding":
-                if value.strip().lower() != b"chunked":
-                    self.bad = f"unsupported Transfer-Encoding {value[:40]!r}"
-                self.te_chunked = True
-            elif ln == b"connection":
-                if b"close" in value.lower():
-                    self.keep = False
-            elif ln == b"upgrade" and self.ex is not None and self.ex.ws:
-                self.hdrs.append(b"Upgrade: %s\r\n" % value)
-            return
-        self.hdrs.append(b"%s: %s\r\n" % (name, value))
-
-    def on_headers_complete(self) -> None:
-        ex = self.ex
-        if ex is None:
-            return
-        status = self.parser.get_status_code()
-        if status < 200:
-            # 100 / 103 are skipped, never taken as the final response; 101 ends in _upgraded
-            self.interim = True
-            return
-        if self.bad:
-            self._broken(self.bad)
-            return
-        front = ex.front
-        ex.status = status
-        if status >= 500:  # the request id is on the app's error page: put it in the log too
-            front.proxy.log_upstream_error(ex, status, f"answered by {self.worker.label}")
-        ex.resp_started = True
-        ex.t_response = _clock()
-        self.keep = self.keep and self.parser.should_keep_alive()
-        parts = [_status_line(status, self.reason)]
-        parts += self.hdrs
-        if self.cl is not None:
-            parts.append(b"Content-Length: %s\r\n" % self.cl)
-        elif status not in _NO_BODY_STATUS and ex.method != "HEAD":
-            if not self.te_chunked:  # close-delimited: ends when the worker closes
-                self.until_close = True
-                self.keep = False
-            if front.http11:
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-                self.rechunk = True
-            else:
-                front.keep_alive = False
-        head = front.end_head(parts)
-        if len(head) > MAX_RESPONSE_HEAD:  # one that came in a single read (else data_received)
-            ex.resp_started = False
-            self._broken(f"response head over {MAX_RESPONSE_HEAD} bytes")
-            return
-        self.out.append(head)
-        if ex.method == "HEAD":
-            # llhttp would wait for the body a Content-Length announces: end here, do not reuse
-            self.ex = None
-            self.keep = False
-            self.transport.close()
-            self._complete(ex)
-
-    def on_body(self, body: bytes) -> None:
-        ex = self.ex
-        if ex is None or self.interim:
-            return
-        ex.resp_bytes += len(body)
-        if self.rechunk:
-            self.out += (b"%x\r\n" % len(body), body, b"\r\n")
-        else:
-            self.out.append(body)
-
-    def on_message_complete(self) -> None:
-        ex = self.ex
-        if ex is None or self.bad:
-            return
-        if self.interim:
-            if self.parser.get_status_code() != 101:
-                self._reset()
-            return
-        self.ex = None
-        if self.keep and ex.req_done:
-            # back to the idle list BEFORE the worker is released: the request the pool hands this
-            # worker next must find this connection, not open another one
-            self.give_back()
-        elif self.transport is not None:
-            # closed, or answered before the whole request body was sent: never reused
-            self.transport.close()
-        self._complete(ex)
-
-    def give_back(self) -> None:
-        t = self.transport
-        if t is not None and not t.is_closing():
-            idle = self.worker.idle
-            if len(idle) < MAX_IDLE:
-                idle.append(self)
-            else:
-                t.close()
-
-    def _complete(self, ex: Exchange) -> None:
-        if ex.finished:  # an orphan: its response was read and dropped; now the worker is free
-            self.out = []
-            self._orphan_done(ex)
-            return
-        out = self.out
-        if self.rechunk and ex.method != "HEAD":
-            out.append(b"0\r\n\r\n")
-        rbuf = ex.rbuf
-        if out:
-            self.out = []
-            front = ex.front
-            t = front.transport
-            if t is not None:
-                if rbuf is not None and (rbuf.size or (front.write_paused
-                                                       and t.get_write_buffer_size() > RESPONSE_MEMORY)):
-                    rbuf.add(out)
-                elif len(out) == 1:
-                    t.write(out[0])
-                else:
-                    t.writelines(out)
-        if not ex.req_done:
-            # the worker answered before reading the whole body: the connection cannot be reused
-            self.keep = False
-            ex.front.keep_alive = False
-            if ex.body_task is not None:
-                ex.body_task.cancel()
-        if rbuf is not None:
-            ex.conn = None  # this connection may serve another request while the client reads
-            if self.paused_for_front:
-                self.resume_for_front()
-        ex.release_worker()
-        if rbuf is not None and rbuf.size:
-            ex.rdone = True  # the front finishes the exchange once the client has it all
-            return
-        ex.front.finish(ex)
-
-    # ------------------------------------------------------------------ orphans (issue 11 item 2)
-
-    def adopt_orphan(self, ex: Exchange) -> None:
-        """The client left while the worker still runs its request: the worker stays checked out
-        until its response has ended (read here and dropped) or response_timeout has passed, so
-        the pool never routes another request into a worker that is still busy."""
-        self.out = []
-        if self.paused_for_front:
-            self.resume_for_front()
-        loop = ex.front.loop
-        self.timer = loop.call_at(max(ex.response_deadline, loop.time()), self._orphan_expired)
-        ex.front.proxy.orphans.add(ex)  # still holds its worker: counted by the pool's invariants
-
-    def _orphan_done(self, ex: Exchange) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        ex.front.proxy.orphans.discard(ex)
-        ex.release_worker()
-
-    def _orphan_expired(self) -> None:
-        self.timer = None
-        ex = self.ex
-        if ex is None or not ex.finished:
-            return
-        self.ex = None
-        ex.front.proxy.orphans.discard(ex)
-        if self.transport is not None:
-            self.transport.abort()
-        w = ex.worker
-        why = f"no response within {ex.pool.response_timeout:g} s (its client had left)"
-        ex.release_worker(failed=w is not None and w.concurrency == 1, reason=why)
-
-    def resume_for_front(self) -> None:
-        if self.paused_for_front:
-            self.paused_for_front = False
-            if self.transport is not None:
-                self.transport.resume_reading()
-
-    # ------------------------------------------------------------------ failures
-
-    def _broken(self, why: str) -> None:
-        ex = self.ex
-        self.ex = None
-        if self.transport is not None:
-            self.transport.abort()
-        if ex is not None:
-            if ex.finished:
-                self._orphan_done(ex)
-            else:
-                self._fail(ex, self.bad or why)
-
-    def _fail(self, ex: Exchange, why: str) -> None:
-        if ex.body_task is not None:
-            ex.body_task.cancel()
-        if ex.resp_started:
-            ex.release_worker()
-            ex.front.abort(ex)
-            return
-        ex.release_worker(failed=False, reason=why)
-        ex.front.error(ex, 502, "The application failed while handling this request.", detail=why)
-
-    def _upgraded(self, rest: bytes) -> None:
-        ex = self.ex
-        if ex is None:
-            self.transport.abort()
-            return
-        if not ex.ws or self.parser.get_status_code() != 101:
-            # a 101 the client did not ask for: never tunnelled, and this connection is not reused
-            self.bad = "the worker switched protocols without being asked to"
-            self._broken(self.bad)
-            return
-        self.ex = None
-        front = ex.front
-        ex.status = 101
-        ex.resp_started = True
-        ex.t_response = _clock()
-        parts = [_status_line(101, self.reason or b"Switching Protocols"), b"Connection: Upgrade\r\n"]
-        parts += self.hdrs
-        front.write_head(parts)
-        front.start_tunnel(ex, self, rest)
+def _trusted_forwarding(client: ClientInfo, parts: list, host: bytes, ip: bytes, xff: bytes | None, seen) -> None:
+    """From a trusted proxy, the forwarding headers it sent stand (copied above); the ones it
+    did not send are filled in from this hop, so none is missing or doubled."""
+    parts.append(b"Host: %s\r\nX-Forwarded-For: %s\r\n" % (host, ip if xff is None else xff + b", " + ip))
+    if b"x-forwarded-host" not in seen:
+        parts.append(b"X-Forwarded-Host: %s\r\n" % host)
+    if b"x-forwarded-proto" not in seen:
+        parts.append(b"X-Forwarded-Proto: %s\r\n" % client.scheme.encode())
+    if b"x-forwarded-port" not in seen:
+        parts.append(b"X-Forwarded-Port: %d\r\n" % client.port)
+    if b"x-real-ip" not in seen:
+        # the client as the trusted proxy saw it: the last address it added (as nginx's realip)
+        parts.append(b"X-Real-IP: %s\r\n" % (xff.rpartition(b",")[2].strip() if xff else ip))

@@ -1,4 +1,4 @@
-"""The client side of the proxy: one asyncio protocol per client connection.
+"""The client side of the proxy: parsing, front-door checks, body buffering and pipelining.
 
 Requests are parsed by aiohttp's C parser (llhttp) used directly, without aiohttp's web server
 objects: the server costs about 2.5 times the parser alone per request on this machine. The
@@ -6,13 +6,14 @@ rules a front door needs (RFC 9110/9112 and what nginx learned) are applied here
 worker sees the request: Host and target checks, hop-by-hop and Connection-named headers
 removed, underscore header names dropped, X-Forwarded-* set from what we saw ourselves.
 
-Pipelined requests are answered in order: one exchange at a time per connection.
+Pipelined requests are answered in order: one exchange at a time per connection. A request
+then goes one way: router.py -> forward.py (Exchange) -> the pool -> upstream.py; responses
+are written through reply.py (`ReplyWriter`, this protocol's base class).
 """
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
 
 from aiohttp import http_exceptions
 from aiohttp.base_protocol import BaseProtocol
@@ -20,12 +21,10 @@ from aiohttp.http_parser import HttpVersion10, HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from .buffers import REQUEST_MEMORY, Spill
-from .forward import Exchange
+from .forward import NO_CLIENT, ClientInfo, Exchange
+from .headers import BadTarget, canonical_path, normalise_host
+from .reply import ReplyWriter, drop_buffers
 from .tunnel import Tunnel
-from .headers import FORWARDING, REQUEST_DROP, BadTarget, canonical_path, connection_tokens, date_line, normalise_host
-
-if TYPE_CHECKING:
-    from .server import Listener, Proxy
 
 try:  # llhttp through aiohttp's C extension; require_c_parser() refuses to start without it
     from aiohttp._http_parser import HttpRequestParser
@@ -35,9 +34,6 @@ except ImportError:
 _READ_LIMIT = 2 ** 16          # StreamReader buffering of request bodies (high water: 2x)
 _BUFFER_BODY = 64 * 1024       # bodies up to this size are read fully before a worker is taken
 _PIPELINE_MAX = 32             # parsed requests waiting their turn before we stop reading
-_CLOSE = b"Connection: close\r\n\r\n"
-_KEEP = b"\r\n"
-_KEEP10 = b"Connection: keep-alive\r\n\r\n"
 _AFTER_CLOSE = "Data after `Connection: close`"  # llhttp's error for bytes after a closing request
 
 
@@ -63,11 +59,15 @@ def require_c_parser() -> None:
             "when installing it.")
 
 
-class FrontProtocol(BaseProtocol):
-    def __init__(self, proxy: "Proxy", listener: "Listener"):
+class FrontProtocol(ReplyWriter, BaseProtocol):
+    """One client connection: parse, front-door checks, body buffering, pipelining, timeouts.
+    `proxy` is server.Proxy and `listener` its server.Listener (not imported: server.py imports this)."""
+
+    def __init__(self, proxy, listener):
         super().__init__(proxy.loop)
         self.loop = proxy.loop
         self.proxy = proxy
+        self.idle_conns = proxy.idle.conns  # backend -> its idle worker connections (upstream.py)
         self.listener = listener
         self._parser = HttpRequestParser(
             self, self.loop, _READ_LIMIT, max_line_size=proxy.max_header_size,
@@ -80,9 +80,7 @@ class FrontProtocol(BaseProtocol):
         self.in_next = False
         self.partial_since = 0.0
         self.idle_since = 0.0
-        self.peer_ip = ""
-        self.trusted = False
-        self.fwd = b""
+        self.client: ClientInfo = NO_CLIENT  # who is at the other end, made once in connection_made
         self.tunnel = None
         self.ws_tail = b""
         self.paused_at = 0.0           # when the client last stopped taking response bytes
@@ -101,11 +99,8 @@ class FrontProtocol(BaseProtocol):
             self._send_error(503, "This server has too many open connections.")
             return
         peer = transport.get_extra_info("peername")
-        self.peer_ip = peer[0] if isinstance(peer, tuple) and peer else "127.0.0.1"
-        self.trusted = self.proxy.is_trusted(self.peer_ip)
-        ip = self.peer_ip.encode()
-        self.fwd = b"X-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\nX-Real-IP: %s\r\n" % (
-            lst.scheme.encode(), lst.port, ip)
+        ip = peer[0] if isinstance(peer, tuple) and peer else "127.0.0.1"
+        self.client = ClientInfo.of(ip, self.proxy.is_trusted(ip), lst.scheme, lst.port)
 
     def connection_lost(self, exc) -> None:
         super().connection_lost(exc)
@@ -147,7 +142,7 @@ class FrontProtocol(BaseProtocol):
         elif ex.worker is None:
             ex.pool.cancel(ex)
         if ex.rbuf is not None or ex.spool is not None:
-            _drop_buffers(ex)
+            drop_buffers(ex)
         self.proxy.observe(ex, 499)
 
     def pause_writing(self) -> None:
@@ -288,7 +283,7 @@ class FrontProtocol(BaseProtocol):
             status = 501
         elif "Invalid HTTP version" in text or "Pause on PRI" in text:  # HTTP/3.0, 1.2, the h2 preface
             status = 505
-        self.proxy.log_bad_request(self.peer_ip, status, text.splitlines()[0] if text else "")
+        self.proxy.log_bad_request(self.client.peer_ip, status, text.splitlines()[0] if text else "")
         self._send_error(status, "")
 
     def _next(self) -> None:
@@ -480,204 +475,14 @@ class FrontProtocol(BaseProtocol):
         if not ex.finished:
             ex.dispatch()
 
-    # ------------------------------------------------------------------ the request to the worker
-
-    def request_head(self, ex: Exchange) -> bytes:
-        msg = ex.msg
-        parts = [b"%s %s HTTP/1.1\r\n" % (ex.method.encode(), ex.target.encode("utf-8", "surrogateescape"))]
-        drop = REQUEST_DROP
-        conn_named = None
-        if "Connection" in msg.headers:
-            conn_named = connection_tokens([v.encode("latin-1") for v in msg.headers.getall("Connection")])
-        trusted = self.trusted
-        rid = None
-        xff = None
-        seen = None
-        for name, value in msg.raw_headers:
-            ln = name.lower()
-            if ln in drop:
-                if trusted and ln in FORWARDING:
-                    if seen is None:
-                        seen = set()
-                    seen.add(ln)
-                    if ln == b"x-forwarded-for":
-                        xff = value if xff is None else xff + b", " + value
-                    else:
-                        parts.append(b"%s: %s\r\n" % (name, value))
-                continue
-            if b"_" in name or (conn_named is not None and ln in conn_named):
-                continue
-            if ln == b"x-request-id":
-                if rid is not None or len(value) > 200:
-                    continue
-                rid = value
-            parts.append(b"%s: %s\r\n" % (name, value))
-        if rid is None:
-            ex.request_id = self.proxy.next_request_id()
-            parts.append(b"X-Request-Id: %s\r\n" % ex.request_id.encode())
-        else:
-            ex.request_id = rid.decode("latin-1")
-        ip = self.peer_ip.encode()
-        host = ex.host_header.encode("latin-1")
-        if not trusted:
-            parts.append(b"Host: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\n" % (host, host, ip))
-            parts.append(self.fwd)
-        else:
-            self._trusted_forwarding(parts, host, ip, xff, seen or ())
-        if ex.ws:
-            parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
-        if ex.stream_body:
-            if ex.up_chunked:
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                parts.append(b"Content-Length: %s\r\n" % msg.headers["Content-Length"].encode())
-        elif ex.spool is not None:
-            parts.append(b"Content-Length: %d\r\n" % ex.body_len)
-        elif ex.body is not None:
-            parts.append(b"Content-Length: %d\r\n" % len(ex.body))
-        parts.append(b"\r\n")
-        return b"".join(parts)
-
-    def _trusted_forwarding(self, parts: list, host: bytes, ip: bytes, xff: bytes | None, seen) -> None:
-        """From a trusted proxy, the forwarding headers it sent stand (copied above); the ones it
-        did not send are filled in from this hop, so none is missing or doubled."""
-        parts.append(b"Host: %s\r\nX-Forwarded-For: %s\r\n" % (host, ip if xff is None else xff + b", " + ip))
-        if b"x-forwarded-host" not in seen:
-            parts.append(b"X-Forwarded-Host: %s\r\n" % host)
-        if b"x-forwarded-proto" not in seen:
-            parts.append(b"X-Forwarded-Proto: %s\r\n" % self.listener.scheme.encode())
-        if b"x-forwarded-port" not in seen:
-            parts.append(b"X-Forwarded-Port: %d\r\n" % self.listener.port)
-        if b"x-real-ip" not in seen:
-            # the client as the trusted proxy saw it: the last address it added (as nginx's realip)
-            parts.append(b"X-Real-IP: %s\r\n" % (xff.rpartition(b",")[2].strip() if xff else ip))
-
-    # ------------------------------------------------------------------ writing responses
-
-    def end_head(self, parts: list) -> bytes:
-        """The response head from its status line and header lines, with our Date and Connection."""
-        parts.append(date_line())
-        if not self.keep_alive or self.proxy.stopping:
-            self.keep_alive = False
-            parts.append(_CLOSE)
-        elif not self.http11:
-            parts.append(_KEEP10)
-        else:
-            parts.append(_KEEP)
-        return b"".join(parts)
-
-    def write_head(self, parts: list, body: bytes = b"") -> None:
-        t = self.transport
-        if t is None:
-            return
-        head = self.end_head(parts)
-        t.write(head + body if body else head)  # a small body goes out with its head, in one write
-
-    def finish(self, ex: Exchange) -> None:
-        """The response to `ex` has been written completely."""
-        ex.finished = True
-        if ex.rbuf is not None or ex.spool is not None:
-            _drop_buffers(ex)
-        self.proxy.observe(ex, ex.status)
-        if self.ex is ex:
-            self.ex = None
-        if not self.keep_alive or self._upgraded:
-            self.closing = True
-            if self.transport is not None:
-                self.transport.close()
-            return
-        self._next()
-
-    def abort(self, ex: Exchange) -> None:
-        """The response began but cannot be completed: cut the connection, never fake an end."""
-        ex.finished = True
-        if ex.rbuf is not None or ex.spool is not None:
-            _drop_buffers(ex)
-        self.proxy.observe(ex, ex.status or 502, aborted=True)
-        if self.ex is ex:
-            self.ex = None
-        self.closing = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    def error(self, ex: Exchange, status: int, message: str, *, problem=None, detail: str = "",
-              close: bool = False) -> None:
-        """Answer `ex` with an error page (its response has not begun)."""
-        if ex.finished:
-            return
-        if ex.body_task is not None and ex.body_task is not asyncio.current_task():
-            ex.body_task.cancel()
-        if close or not ex.req_done or (ex.payload is not None and not ex.payload.is_eof()):
-            self.keep_alive = False  # unread body bytes would be taken for the next request
-        ex.status = status
-        if not ex.request_id:
-            ex.request_id = self.proxy.next_request_id()
-        if detail or status >= 500:  # every 5xx page's request id is in the log (one line)
-            self.proxy.log_upstream_error(ex, status, detail or message or self.proxy.pages.reason(status))
-        body = self.proxy.pages.render(status, ex.request_id, message=message or None, problem=problem,
-                                       custom=ex.pool.error_page)
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, self.proxy.pages.reason(status).encode()),
-                b"Content-Type: text/html; charset=utf-8\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n"
-                % (len(body), ex.request_id.encode()),
-                b"Cache-Control: no-store\r\n"]
-        if status == 503:
-            head.append(b"Retry-After: 5\r\n")
-        self.write_head(head, body if ex.method != "HEAD" else b"")
-        self.finish(ex)
-
     def _bad(self, why: str) -> None:
-        self.proxy.log_bad_request(self.peer_ip, 400, why)
+        self.proxy.log_bad_request(self.client.peer_ip, 400, why)
         self._send_error(400, "")
-
-    def _send_error(self, status: int, message: str) -> None:
-        """An error before an exchange exists (parse errors, bad Host...): answer and close."""
-        self.keep_alive = False
-        self.closing = True
-        t = self.transport
-        if t is None:
-            return
-        rid = self.proxy.next_request_id()
-        body = self.proxy.pages.render(status, rid, message=message or None)
-        t.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: %d\r\n"
-                b"X-Request-Id: %s\r\n%sConnection: close\r\n\r\n%s"
-                % (status, self.proxy.pages.reason(status).encode(), len(body), rid.encode(), date_line(), body))
-        self.proxy.observe_early(status)
-        t.close()
-
-    def _send_simple(self, status: int, extra: bytes) -> None:
-        self.write_head([b"HTTP/1.1 %d OK\r\n" % status, extra, b"Content-Length: 0\r\n"])
-        if not self.keep_alive and self.transport is not None:
-            self.closing = True
-            self.transport.close()
-
-    def _redirect_https(self, ex: Exchange, host: str, payload) -> None:
-        if not host:
-            self.error(ex, 400, "This app is served over HTTPS only; the request names no host.", close=True)
-            return
-        if payload is not EMPTY_PAYLOAD:
-            self.keep_alive = False  # the body is never read: nothing more on this connection
-        port = self.proxy.https_port
-        loc = "https://" + host + ("" if port == 443 else f":{port}") + ex.target
-        # 308 keeps the method and body of a POST; 301 is what every client knows for GET
-        ex.status = 301 if ex.method in ("GET", "HEAD") else 308
-        self.write_head([b"HTTP/1.1 301 Moved Permanently\r\n" if ex.status == 301 else
-                         b"HTTP/1.1 308 Permanent Redirect\r\n",
-                         b"Location: %s\r\nContent-Length: 0\r\n" % loc.encode("utf-8", "surrogateescape")])
-        self.finish(ex)
 
     # ------------------------------------------------------------------ WebSocket tunnels
 
     def start_tunnel(self, ex: Exchange, upstream, rest: bytes) -> None:
         Tunnel(self.proxy, self, ex, upstream, rest)
-
-    def finish_tunnel(self, ex: Exchange) -> None:
-        ex.finished = True
-        self.proxy.observe(ex, 101)
-        if self.ex is ex:
-            self.ex = None
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()
 
     # ------------------------------------------------------------------ timeouts (Proxy.sweep)
 
@@ -715,12 +520,3 @@ class FrontProtocol(BaseProtocol):
             if self.transport is not None:
                 self.transport.close()
 
-
-def _drop_buffers(ex: Exchange) -> None:
-    """The exchange is over: its temporary files (if any) go."""
-    if ex.rbuf is not None:
-        ex.rbuf.close()
-        ex.rbuf = None
-    if ex.spool is not None:
-        ex.spool.close()
-        ex.spool = None

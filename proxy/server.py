@@ -1,7 +1,7 @@
 """The front process's HTTP side: listeners, the routing table, timeouts, observers.
 
-`Proxy` knows the app pools only through what front.py and forward.py call on them (acquire,
-release, cancel and a few settings); it never starts or stops a worker.
+`Proxy` knows the app pools only through proxy/checkout.py's `Checkout` (acquire, release, cancel
+and a few settings); it never starts or stops a worker.
 """
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import logging
 import time
 import os
 import secrets
-import socket
-import stat
 from typing import Callable
 
 from passenger_lite.manager.config import Address, Site
@@ -22,7 +20,9 @@ from .front import FrontProtocol
 from . import static
 from .pages import Pages
 from .router import Mount, Router
+from .sockets import remove_stale_socket
 from .tls import ListenerTLS, TLSError
+from .upstream import IdlePool
 
 log = logging.getLogger("passenger_lite.proxy")
 SWEEP_INTERVAL = 0.5
@@ -60,6 +60,7 @@ class Proxy:
         self.tunnels: set = set()
         self.orphans: set = set()  # exchanges whose client left while their worker still runs them
         self.host_cache: dict[str, str] = {}
+        self.idle = IdlePool()         # keep-alive connections to workers, per backend
         self.listeners: list[Listener] = []
         self.stopping = False
         self.observers: list[Callable] = []
@@ -75,7 +76,6 @@ class Proxy:
         """Take a (new) site config and its pools; listeners are not touched (see reload)."""
         c = site.config
         self.site = site
-        self.pools = pools
         self.pages = Pages(site.development)
         self.max_header_size = c.max_header_size
         self.max_headers = c.max_headers
@@ -146,7 +146,7 @@ class Proxy:
                     # a client that never finishes its handshake is not kept past the header timeout
                     tls = {"ssl": ctx, "ssl_handshake_timeout": self.client_header_timeout}
                 if addr.kind == "unix":
-                    _remove_stale_socket(addr.path)
+                    remove_stale_socket(addr.path)
                     lst.server = await self.loop.create_unix_server(factory, addr.path, backlog=1024, **tls)
                     os.chmod(addr.path, 0o666)
                 else:
@@ -225,6 +225,11 @@ class Proxy:
         if self._sweeper is not None:
             self._sweeper.cancel()
 
+    def backend_gone(self, backend) -> None:
+        """The manager's hook (PoolSet.observers): a worker stops or has exited; its idle
+        connections are closed (connections serving a request end with it)."""
+        self.idle.drop(backend)
+
     # ------------------------------------------------------------------ observers (logs, metrics)
 
     def add_observer(self, observe: Callable, observe_early: Callable) -> None:
@@ -254,21 +259,3 @@ class Proxy:
         log.warning("%s %s %s -> %d: %s (request %s)", ex.app_name, ex.method, ex.target[:200], status,
                     detail, ex.request_id)
 
-
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket file left by a previous run; refuse to touch anything else."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(17, f"{path} exists and is not a socket")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-    except OSError:
-        os.unlink(path)  # nobody answers: stale
-    else:
-        raise OSError(98, f"{path} is in use by another server")
-    finally:
-        s.close()

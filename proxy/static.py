@@ -26,7 +26,7 @@ from .static_reply import VARIANTS, accepted, answer, content_type
 
 if TYPE_CHECKING:
     from .forward import Exchange
-    from .front import FrontProtocol
+    from .reply import ReplyWriter
 
 _MAX_KNOWN = 8192  # files whose variants are remembered between two refreshes
 
@@ -151,7 +151,7 @@ class StaticFiles:
 
     # ------------------------------------------------------------------ per request
 
-    def serve(self, front: "FrontProtocol", ex: "Exchange", path: str, headers) -> bool:
+    def serve(self, front: "ReplyWriter", ex: "Exchange", path: str, headers) -> bool:
         """Answer `ex` from a static folder and return True, or return False (the app answers).
         `path` is the canonical path front.py routed on."""
         if ex.method != "GET" and ex.method != "HEAD":
@@ -197,7 +197,7 @@ def _dots_allowed(rel: str) -> bool:
     return all(not seg.startswith(".") or seg == ".well-known" for seg in rel.split("/"))
 
 
-def _reply(front: "FrontProtocol", ex: "Exchange", headers, src: Source, rel: str, fd: int, st) -> None:
+def _reply(front: "ReplyWriter", ex: "Exchange", headers, src: Source, rel: str, fd: int, st) -> None:
     """Answer with the file open on `fd` (or its precompressed variant); closes what it opened
     unless a sending task took it over."""
     handed = False

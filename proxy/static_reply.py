@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .forward import Exchange
-    from .front import FrontProtocol
+    from .reply import ReplyWriter
 
 SMALL = 64 * 1024          # bodies up to this size are read and written with the head, in one write
 CHUNK = 256 * 1024         # pread size on the copying path (TLS)
@@ -187,7 +187,7 @@ def byte_range(headers, size: int, etag: bytes, mtime: int):
     return start, size - 1 if end is None else min(end, size - 1)
 
 
-def answer(front: "FrontProtocol", ex: "Exchange", headers, rel: str, fd: int, st, coding: bytes,
+def answer(front: "ReplyWriter", ex: "Exchange", headers, rel: str, fd: int, st, coding: bytes,
            vary: bool) -> bool:
     """Write the response for the file open on `fd`; True when a task goes on sending the body
     (and then owns `fd`)."""
@@ -201,7 +201,6 @@ def answer(front: "FrontProtocol", ex: "Exchange", headers, rel: str, fd: int, s
     ]
     if vary:
         common.append(b"Vary: Accept-Encoding\r\n")
-    ex.t_response = time.monotonic()
     if precondition_failed(headers, etag, mtime):
         ex.status = 412
         front.write_head([b"HTTP/1.1 412 Precondition Failed\r\n", b"Content-Length: 0\r\n"])
@@ -251,7 +250,7 @@ def answer(front: "FrontProtocol", ex: "Exchange", headers, rel: str, fd: int, s
     return True
 
 
-async def send_file(front: "FrontProtocol", ex: "Exchange", fd: int, offset: int, count: int) -> None:
+async def send_file(front: "ReplyWriter", ex: "Exchange", fd: int, offset: int, count: int) -> None:
     """The body of a larger file, then finish; or abort, never passing a short body as whole."""
     t = front.transport
     loop = front.loop

@@ -24,8 +24,13 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from typing import TYPE_CHECKING
 
-from passenger_lite.manager.states import WorkerState
+if TYPE_CHECKING:
+    from .forward import Exchange
+    from .reply import ReplyWriter
+    from .upstream import Upstream
+
 
 LINGER = 2.0        # seconds of quiet, once all is written, before a finished tunnel is closed
 LINGER_MAX = 30.0   # most seconds a finished tunnel waits for its client to close
@@ -34,12 +39,11 @@ LINGER_MAX = 30.0   # most seconds a finished tunnel waits for its client to clo
 class _Frames:
     """Follows WebSocket frame boundaries in one direction without copying payloads."""
 
-    __slots__ = ("need", "header", "in_payload")
+    __slots__ = ("need", "header")
 
     def __init__(self):
         self.need = 0          # payload bytes left in the current frame
         self.header = b""      # partial frame header
-        self.in_payload = False
 
     def feed(self, data: bytes) -> None:
         i, n = 0, len(data)
@@ -81,7 +85,7 @@ def close_frame(code: int, masked: bool) -> bytes:
 
 
 class Tunnel:
-    def __init__(self, proxy, front, ex, upstream, rest: bytes):
+    def __init__(self, proxy, front: "ReplyWriter", ex: "Exchange", upstream: "Upstream", rest: bytes):
         self.proxy = proxy
         self.front = front
         self.ex = ex
@@ -243,7 +247,7 @@ class Tunnel:
             self.go_away(1001)
         else:
             w = self.ex.worker
-            if w is not None and w.state is not WorkerState.READY:
+            if w is not None and not w.accepting:
                 # its worker is being replaced (restart, recycling) and stops once this ends:
                 # the WebSocket gets the app's shutdown_timeout, as a request would
                 if not self.draining_since:

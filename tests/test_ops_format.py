@@ -63,10 +63,10 @@ def test_durations():
 
 def _exchange(**kw):
     worker = SimpleNamespace(id=2, pid=4242)
-    ex = SimpleNamespace(front=SimpleNamespace(peer_ip="10.0.0.9"), method="GET", target='/a b"c?x=1',
-                         msg=SimpleNamespace(version=SimpleNamespace(major=1, minor=0)), host_header="blog.test",
+    ex = SimpleNamespace(client=SimpleNamespace(peer_ip="10.0.0.9"), method="GET", target='/a b"c?x=1',
+                         http_version=(1, 0), host_header="blog.test",
                          resp_bytes=5120, app_name="blog", last_worker=worker, t0=100.0, t_worker=100.25,
-                         t_response=100.5, request_id="abc-1")
+                         request_id="abc-1")
     ex.__dict__.update(kw)
     return ex
 

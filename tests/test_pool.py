@@ -12,7 +12,7 @@ from passenger_lite.manager.lifecycle import FAIL_LIMIT
 from passenger_lite.manager.pool import AppPool
 from passenger_lite.manager.spawnfail import StartFailure
 from passenger_lite.manager.states import AppState, WorkerState
-from passenger_lite.proxy.forward import Unavailable
+from passenger_lite.proxy.checkout import Unavailable
 
 W = WorkerState
 
@@ -65,6 +65,9 @@ class FakePoolSet:
 
     def slot_freed(self):
         self._waiting = []
+
+    def backend_gone(self, w):
+        self.gone = getattr(self, "gone", []) + [w]
 
 
 class Ex:
