@@ -135,7 +135,8 @@ class Smoke:
         self._abort.set()
 
     async def _boot(self, runtime) -> dict[str, bool]:
-        """Wait until each app has a ready worker, is idle by design, or has failed a start."""
+        """Wait until each app's boot is over (AppPool.boot_state: up, or a start failed), or
+        --timeout."""
         t0 = time.monotonic()
         deadline = t0 + self.timeout
         pools = runtime.poolset.pools
@@ -145,19 +146,19 @@ class Smoke:
             for name, pool in pools.items():
                 if name in done:
                     continue
-                if pool.ready:
-                    first = min(w.ready_mono for w in pool.ready)
+                b = pool.boot_state()
+                if b.state == "up":
                     done[name] = True
-                    self.results.append(Result(name, "boot", seconds=first - t0, ok=True, message="ok"))
-                elif pool.min == 0 and not pool.starting and pool.last_failure is None:
-                    done[name] = True
-                    self.results.append(Result(name, "boot", ok=True, message="ok (min_processes 0: boots on "
-                                                                              "the first request)"))
-                elif pool.last_failure is not None:
-                    f = pool.last_failure
+                    if b.ready:
+                        first = min(w.ready_mono for w in pool.ready)
+                        self.results.append(Result(name, "boot", seconds=first - t0, ok=True, message="ok"))
+                    else:
+                        self.results.append(Result(name, "boot", ok=True, message="ok (min_processes 0: boots on "
+                                                                                  "the first request)"))
+                elif b.state == "failed":
                     done[name] = False
-                    self.results.append(Result(name, "boot", seconds=now - t0, message=f"failed: {f.message}",
-                                               tail=self.printer.tail(name, f.output)))
+                    self.results.append(Result(name, "boot", seconds=now - t0, message=f"failed: {b.last_error}",
+                                               tail=self.printer.tail(name, pool.last_failure.output)))
                 elif now > deadline:
                     done[name] = False
                     self.results.append(Result(name, "boot", seconds=now - t0,
@@ -165,10 +166,18 @@ class Smoke:
                                                tail=self.printer.tail(name)))
             if len(done) == len(pools) or self.interrupted:
                 return done
-            try:
-                await asyncio.wait_for(self._abort.wait(), 0.05)
-            except TimeoutError:
-                pass
+            await self._until_booted([p for n, p in pools.items() if n not in done], deadline - now)
+
+    async def _until_booted(self, pools: list, timeout: float) -> None:
+        """Until one of `pools` is booted (AppPool.booted), an interrupt, or `timeout`."""
+        if any(p.booted.is_set() for p in pools):  # its boot was over but it is booting again: look soon
+            timeout = min(timeout, 0.05)
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._abort, *(p.booted for p in pools))]
+        try:
+            await asyncio.wait(waits, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _requests(self, runtime, app) -> None:
         import aiohttp
