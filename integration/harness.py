@@ -137,8 +137,8 @@ class Server:
         return cli_command() + ["start", "--config", str(self.config), *self.args]
 
     def wait_ready(self, timeout: float = 30) -> dict:
-        """Until the control socket answers and every app with min_processes > 0 has a ready
-        worker (or has failed to start)."""
+        """Until the control socket answers and every app's boot is over (`boot` is "up" or
+        "failed": AppPool.boot_state)."""
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -149,8 +149,7 @@ class Server:
                 last = st
                 self.track()
                 self._read_port(st)
-                if all(a["min_processes"] == 0 or any(w["state"] == "ready" for w in a["workers"])
-                       or a["state"] in ("failed", "backoff") for a in st["apps"]):
+                if all(a["boot"] != "booting" for a in st["apps"]):
                     return st
             except (OSError, ValueError, http.client.HTTPException):
                 pass

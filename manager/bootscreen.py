@@ -164,16 +164,19 @@ class BootDisplay:
 
     @staticmethod
     def _booting(pool, t0: float, tick: int) -> tuple[bool, str]:
+        """(done, line): done once boot_state() says every min_processes worker is ready, a start
+        failed, or the app is idle by design."""
         name = pool.name.ljust(16)
-        if pool.ready and len(pool.ready) >= pool.min:
+        b = pool.boot_state()
+        if b.all_ready:
             last = max(w.ready_mono for w in pool.ready)
             return True, f"  {GREEN}✓{RESET} {name} ready in {last - t0:.1f}s"
-        if pool.last_failure is not None:
-            return True, f"  {RED}✗{RESET} {name} failed to start: {pool.last_failure.message}"
-        if pool.min == 0 and not pool.starting:
+        if b.last_error is not None:
+            return True, f"  {RED}✗{RESET} {name} failed to start: {b.last_error}"
+        if b.idle:
             return True, f"  {DIM}·{RESET} {name} idle: starts on the first request"
         spin = SPINNER[tick % len(SPINNER)]
-        some = f" ({len(pool.ready)} of {pool.min} ready)" if pool.ready else ""
+        some = f" ({b.ready} of {b.min_processes} ready)" if b.ready else ""
         return False, f"  {YELLOW}{spin}{RESET} {name} starting… {time.monotonic() - t0:.1f}s{some}"
 
     def summary(self, runtime, t0: float) -> str:
@@ -182,16 +185,17 @@ class BootDisplay:
         rows = [("APP", "URL", "WORKERS", "STATE")]
         for app in site.apps:
             pool = runtime.poolset.pools[app.name]
-            if pool.ready:
+            b = pool.boot_state()
+            if b.ready:
                 state = f"{GREEN}ready{RESET}"
-            elif pool.last_failure is not None:
-                state = f"{RED}failed{RESET}: {pool.last_failure.message}"
-            elif pool.min == 0:
+            elif b.last_error is not None:
+                state = f"{RED}failed{RESET}: {b.last_error}"
+            elif b.min_processes == 0:
                 state = "idle (starts on the first request)"
             else:
                 state = f"{YELLOW}{pool.state.value}{RESET}"
             links = app_urls(app, urls) or ["-"]
-            rows.append((app.name, links[0], f"{len(pool.ready)}/{pool.max}", state))
+            rows.append((app.name, links[0], f"{b.ready}/{pool.max}", state))
             rows += [("", link, "", "") for link in links[1:]]
         n = len(site.apps)
         head = (f"passenger-lite is serving {n} app{'s' if n != 1 else ''} · {site.config.environment} · "

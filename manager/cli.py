@@ -289,6 +289,54 @@ def cmd_stop(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- smoke
+
+
+def cmd_smoke(a: argparse.Namespace) -> int:
+    """Boot every app and send its smoke requests (manager/smoke.py runs them); print the table."""
+    import logging
+
+    from passenger_lite.spawners.registry import default_registry
+
+    from . import config
+    from .output import setup_logging
+    from .runtimedir import RuntimeDirError
+    from .smoke import junit_xml, render_table, run_smoke
+
+    def fail(msg: str, code: int) -> int:
+        print(f"{PROG} smoke: {msg}", file=sys.stderr)
+        return code
+
+    try:
+        site = config.load(a.config, default_registry())
+    except ConfigError as e:
+        return fail(f"error in {e.render()}", 2)
+    if a.listen != "config":
+        try:
+            site.addresses = [config.parse_address(a.listen, site.path.parent)]
+        except ValueError as e:
+            return fail(f"--listen: {e}", 2)
+    setup_logging("text", sys.stderr, logging.INFO if a.verbose else logging.WARNING)
+    try:
+        smoke = run_smoke(site, a.timeout, a.verbose)
+    except RuntimeDirError as e:
+        hint = "; smoke runs a manager of its own: stop that one first" if "already running" in str(e) else ""
+        return fail(f"{e}{hint}", 1)
+    except OSError as e:
+        return fail(str(e), 1)
+    colour = sys.stdout.isatty()
+    print(render_table(smoke.results, colour) + f" in {smoke.seconds:.1f} s")
+    if a.junit:
+        try:
+            with open(a.junit, "wb") as f:
+                f.write(junit_xml(smoke.results, smoke.seconds))
+        except OSError as e:
+            return fail(f"cannot write {a.junit}: {e.strerror or e}", 1)
+    if smoke.interrupted:
+        return fail("interrupted", 130)
+    return 0 if smoke.results and all(r.ok for r in smoke.results) else 1
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -328,12 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("schema", help="print the config's JSON Schema")
     sp.add_argument("--output", "-o")
     sp.set_defaults(func=cmd_schema)
-    try:
-        from .smoke import add_parser as add_smoke
-    except ImportError:
-        pass
-    else:
-        add_smoke(sub)
+    sp = sub.add_parser("smoke", help="boot every app, send its smoke requests, report (for CI)",
+                        description="Start every app of the config (on an ephemeral port), wait for each to boot, "
+                                    "send each app's `smoke:` requests (default: GET of its mount path, expecting "
+                                    "a status below 500), print a table and stop. Exit status 0 only if all passed.")
+    sp.add_argument("--config", "-c", default=DEFAULT_CONFIG, metavar="FILE",
+                    help="site config (default: sites.yaml, or $PASSENGER_LITE_CONFIG)")
+    sp.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML")
+    sp.add_argument("--timeout", type=float, default=60, metavar="S",
+                    help="seconds each app may take to boot, and each request to answer (default: 60)")
+    sp.add_argument("--listen", default="127.0.0.1:0", metavar="ADDR",
+                    help="where to serve during the run (default: 127.0.0.1:0, an ephemeral port); "
+                         "'config' uses the config's own listen addresses")
+    sp.add_argument("--verbose", "-v", action="store_true", help="show the manager's log and the workers' output")
+    sp.set_defaults(func=cmd_smoke)
     return p
 
 

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 
 from .lifecycle import rss_of
-from .states import AppState, WorkerState
+from .states import WorkerState
 
 log = logging.getLogger("passenger_lite.manager")
 
@@ -64,14 +64,13 @@ def code_class(status: int) -> int:
 
 
 def app_health(pool) -> tuple[bool, str]:
-    """(healthy, why): a ready worker, or no worker on purpose (min_processes 0, idle)."""
-    if pool.ready:
-        return True, f"{len(pool.ready)} ready worker(s)"
-    if pool.min == 0 and pool.state is AppState.IDLE:
-        return True, "idle (min_processes 0); starts on the next request"
+    """(healthy, why): AppPool.boot_state() is "up" (a ready worker, or none on purpose)."""
+    b = pool.boot_state()
+    if b.state == "up":
+        return True, (f"{b.ready} ready worker(s)" if b.ready else "idle (min_processes 0); starts on the next request")
     why = pool.state.value
-    if pool.last_failure is not None:
-        why += f": {pool.last_failure.message}"
+    if b.last_error is not None:
+        why += f": {b.last_error}"
     return False, why
 
 

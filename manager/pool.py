@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from passenger_lite.proxy.checkout import Unavailable
@@ -336,6 +337,7 @@ class AppPool(Lifecycle):
         check_transition(f"app {self.name}", APP_TRANSITIONS, old, new)
         self.state = new
         log.log(level, "%s: %s -> %s%s", self.name, old.value, new.value, f" ({why})" if why else "")
+        self._boot_changed()
 
     # ------------------------------------------------------------------ periodic (PoolSet.sweep)
 
@@ -390,6 +392,44 @@ class AppPool(Lifecycle):
                 problems.append(f"{gone} finished request(s) still in the queue")
         return problems
 
+    # ------------------------------------------------------------------ boot state
+
+    def boot_state(self) -> "BootState":
+        """Is this app up? The one answer the boot screen, smoke, /health and `status --json`
+        (`boot`, which the test harness waits on) read; they differ only in which field they use.
+
+        `state`:
+          "up"      a worker is READY (`ready` >= 1), or none is wanted: min_processes 0 and the
+                    app IDLE (`idle`; it starts on the first request). /health and smoke want this.
+          "failed"  not up, and the last start failed (`last_error` says why): backoff or failed.
+          "booting" neither: its first worker is still starting (or none is left and one will be).
+        `all_ready` (ready >= min_processes, at least one) is what the boot screen waits for
+        before it shows an app ready; a failed start ends its wait even with some workers ready.
+        Live: read it again for the present; `booted` stays set once the boot was over."""
+        ready = len(self.ready)
+        idle = not ready and self.min == 0 and self.state is AppState.IDLE
+        error = str(self.last_failure.message) if self.last_failure is not None else None
+        state = "up" if ready or idle else "failed" if error is not None else "booting"
+        return BootState(state, ready, self.min, idle, error)
+
+    _booted: asyncio.Event | None = None
+    _boot_over = False
+
+    @property
+    def booted(self) -> asyncio.Event:
+        """Set once the boot is over: boot_state() left "booting" (up, or a start failed)."""
+        if self._booted is None:
+            self._booted = asyncio.Event()
+            self._boot_changed()
+        return self._booted
+
+    def _boot_changed(self) -> None:
+        """After every app transition (_set_state): every outcome of a boot is one."""
+        if not self._boot_over and self.boot_state().state != "booting":
+            self._boot_over = True
+        if self._boot_over and self._booted is not None and not self._booted.is_set():
+            self._booted.set()
+
     # ------------------------------------------------------------------ status
 
     def snapshot(self) -> dict:
@@ -429,3 +469,19 @@ class AppPool(Lifecycle):
                 for w in self.workers
             ],
         }
+
+
+@dataclass(frozen=True)
+class BootState:
+    """AppPool.boot_state(): the answer and the numbers it came from."""
+
+    state: str                # "booting" | "up" | "failed"
+    ready: int                # READY workers
+    min_processes: int
+    idle: bool                # up with no worker, on purpose (min_processes 0)
+    last_error: str | None    # why the last start failed
+
+    @property
+    def all_ready(self) -> bool:
+        """Every min_processes worker is ready (at least one): what the boot screen waits for."""
+        return self.ready > 0 and self.ready >= self.min_processes

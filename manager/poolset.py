@@ -172,7 +172,7 @@ class PoolSet:
             self._dirs.close()
 
     def snapshot(self) -> list[dict]:
-        return [p.snapshot() for p in self.pools.values()]
+        return [{**p.snapshot(), "boot": p.boot_state().state} for p in self.pools.values()]
 
 
 def _free_port() -> int:

@@ -1,18 +1,16 @@
-"""`passenger-lite smoke`: for CI, one command that says "every app boots and answers".
+"""`passenger-lite smoke`'s runner: boot every app, send its smoke requests, collect the results.
 
-It starts the whole manager in-process, as `start` would, but on an ephemeral port (unless
-`--listen` says otherwise), waits for every app to boot (bounded by --timeout), sends each app's
-`smoke:` requests (default: one GET of its mount path, expecting a status below 500), prints a
-table, writes JUnit XML when asked, stops everything and exits 0 only if all passed (1 if not,
-2 for a config or usage error). The manager's usual stop path (proxy, pools, watchdog) runs
-whatever fails, Ctrl-C included, so no process is left behind.
+It starts the whole manager in-process, as `start` would (on the address manager/cli.py gives:
+an ephemeral port unless `--listen` says otherwise), waits for every app's boot to be over
+(AppPool.boot_state, bounded by --timeout), sends each app's `smoke:` requests (default: one GET
+of its mount path, expecting a status below 500) and stops everything. The results render as a
+table (render_table) and as JUnit XML (junit_xml); cli.py prints them, writes the file and
+exits 0 only if all passed (1 if not, 2 for a config or usage error). The manager's usual stop
+path (proxy, pools, watchdog) runs whatever fails, Ctrl-C included, so no process is left behind.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
-import os
 import signal
 import socket
 import sys
@@ -21,8 +19,8 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from .config import ConfigError, SmokeRequest, parse_address
-from .output import Printer, setup_logging
+from .config import SmokeRequest
+from .output import Printer
 from .statusview import table
 
 TAIL = 15
@@ -106,6 +104,7 @@ class Smoke:
         self.results: list[Result] = []
         self.interrupted = False
         self.started = time.monotonic()
+        self.seconds = 0.0                 # the whole run, once it is over
         self._abort: asyncio.Event | None = None
 
     async def run(self, runtime) -> None:
@@ -135,7 +134,8 @@ class Smoke:
         self._abort.set()
 
     async def _boot(self, runtime) -> dict[str, bool]:
-        """Wait until each app has a ready worker, is idle by design, or has failed a start."""
+        """Wait until each app's boot is over (AppPool.boot_state: up, or a start failed), or
+        --timeout."""
         t0 = time.monotonic()
         deadline = t0 + self.timeout
         pools = runtime.poolset.pools
@@ -145,19 +145,19 @@ class Smoke:
             for name, pool in pools.items():
                 if name in done:
                     continue
-                if pool.ready:
-                    first = min(w.ready_mono for w in pool.ready)
+                b = pool.boot_state()
+                if b.state == "up":
                     done[name] = True
-                    self.results.append(Result(name, "boot", seconds=first - t0, ok=True, message="ok"))
-                elif pool.min == 0 and not pool.starting and pool.last_failure is None:
-                    done[name] = True
-                    self.results.append(Result(name, "boot", ok=True, message="ok (min_processes 0: boots on "
-                                                                              "the first request)"))
-                elif pool.last_failure is not None:
-                    f = pool.last_failure
+                    if b.ready:
+                        first = min(w.ready_mono for w in pool.ready)
+                        self.results.append(Result(name, "boot", seconds=first - t0, ok=True, message="ok"))
+                    else:
+                        self.results.append(Result(name, "boot", ok=True, message="ok (min_processes 0: boots on "
+                                                                                  "the first request)"))
+                elif b.state == "failed":
                     done[name] = False
-                    self.results.append(Result(name, "boot", seconds=now - t0, message=f"failed: {f.message}",
-                                               tail=self.printer.tail(name, f.output)))
+                    self.results.append(Result(name, "boot", seconds=now - t0, message=f"failed: {b.last_error}",
+                                               tail=self.printer.tail(name, pool.last_failure.output)))
                 elif now > deadline:
                     done[name] = False
                     self.results.append(Result(name, "boot", seconds=now - t0,
@@ -165,10 +165,18 @@ class Smoke:
                                                tail=self.printer.tail(name)))
             if len(done) == len(pools) or self.interrupted:
                 return done
-            try:
-                await asyncio.wait_for(self._abort.wait(), 0.05)
-            except TimeoutError:
-                pass
+            await self._until_booted([p for n, p in pools.items() if n not in done], deadline - now)
+
+    async def _until_booted(self, pools: list, timeout: float) -> None:
+        """Until one of `pools` is booted (AppPool.booted), an interrupt, or `timeout`."""
+        if any(p.booted.is_set() for p in pools):  # its boot was over but it is booting again: look soon
+            timeout = min(timeout, 0.05)
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._abort, *(p.booted for p in pools))]
+        try:
+            await asyncio.wait(waits, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _requests(self, runtime, app) -> None:
         import aiohttp
@@ -268,67 +276,19 @@ def junit_xml(results: list[Result], total_seconds: float) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
-# ---------------------------------------------------------------------------- the command
+# ---------------------------------------------------------------------------- the run
 
 
-def cmd_smoke(a: argparse.Namespace) -> int:
-    from passenger_lite.spawners.registry import default_registry
-
-    from . import config
+def run_smoke(site, timeout: float, verbose: bool) -> Smoke:
+    """Run the whole manager for `site` with a Smoke as its start-up step, to its stop; the
+    results are on the Smoke returned (`results`, `interrupted`, `seconds`). Raises
+    RuntimeDirError or OSError when the manager cannot start (manager/cli.py says so)."""
     from .runtime import run
-    from .runtimedir import RuntimeDirError
 
-    def fail(msg: str, code: int) -> int:
-        print(f"passenger-lite smoke: {msg}", file=sys.stderr)
-        return code
-
-    try:
-        site = config.load(a.config, default_registry())
-    except ConfigError as e:
-        return fail(f"error in {e.render()}", 2)
-    if a.listen != "config":
-        try:
-            site.addresses = [parse_address(a.listen, site.path.parent)]
-        except ValueError as e:
-            return fail(f"--listen: {e}", 2)
     site.metrics_address = None    # a smoke run must not take the real server's metrics port
     site.config.access_log = None  # ... nor write to its access log
-    setup_logging("text", sys.stderr, logging.INFO if a.verbose else logging.WARNING)
-    printer = TailPrinter(echo=a.verbose)
-    smoke = Smoke(a.timeout, printer)
-    try:
-        run(site, printer=printer, startup_display=smoke.run)
-    except RuntimeDirError as e:
-        hint = "; smoke runs a manager of its own: stop that one first" if "already running" in str(e) else ""
-        return fail(f"{e}{hint}", 1)
-    except OSError as e:
-        return fail(str(e), 1)
-    total = time.monotonic() - smoke.started
-    colour = sys.stdout.isatty()
-    print(render_table(smoke.results, colour) + f" in {total:.1f} s")
-    if a.junit:
-        try:
-            with open(a.junit, "wb") as f:
-                f.write(junit_xml(smoke.results, total))
-        except OSError as e:
-            return fail(f"cannot write {a.junit}: {e.strerror or e}", 1)
-    if smoke.interrupted:
-        return fail("interrupted", 130)
-    return 0 if smoke.results and all(r.ok for r in smoke.results) else 1
-
-
-def add_parser(sub) -> None:
-    sp = sub.add_parser("smoke", help="boot every app, send its smoke requests, report (for CI)",
-                        description="Start every app of the config (on an ephemeral port), wait for each to boot, "
-                                    "send each app's `smoke:` requests (default: GET of its mount path, expecting "
-                                    "a status below 500), print a table and stop. Exit status 0 only if all passed.")
-    sp.add_argument("--config", "-c", default=os.environ.get("PASSENGER_LITE_CONFIG", "sites.yaml"), metavar="FILE",
-                    help="site config (default: sites.yaml, or $PASSENGER_LITE_CONFIG)")
-    sp.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML")
-    sp.add_argument("--timeout", type=float, default=60, metavar="S",
-                    help="seconds each app may take to boot, and each request to answer (default: 60)")
-    sp.add_argument("--listen", default="127.0.0.1:0", metavar="ADDR",
-                    help="where to serve during the run (default: 127.0.0.1:0, an ephemeral port); "
-                         "'config' uses the config's own listen addresses")
-    sp.add_argument("--verbose", "-v", action="store_true", help="show the manager's log and the workers' output")
-    sp.set_defaults(func=cmd_smoke)
+    printer = TailPrinter(echo=verbose)
+    smoke = Smoke(timeout, printer)
+    run(site, printer=printer, startup_display=smoke.run)
+    smoke.seconds = time.monotonic() - smoke.started
+    return smoke

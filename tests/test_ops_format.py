@@ -108,11 +108,18 @@ def test_metrics_buckets_and_code_classes():
 def test_health_of_an_app():
     from passenger_lite.manager.states import AppState
 
+    from passenger_lite.manager.pool import AppPool
+
+    def pool(**kw):  # the fields AppPool.boot_state reads, and boot_state itself
+        p = SimpleNamespace(**kw)
+        p.boot_state = lambda: AppPool.boot_state(p)
+        return p
+
     failure = SimpleNamespace(message="the worker exited during start (exit status 1)")
-    ready = SimpleNamespace(ready=[object()], min=1, state=AppState.RUNNING, last_failure=None)
-    idle = SimpleNamespace(ready=[], min=0, state=AppState.IDLE, last_failure=None)
-    idle_but_needed = SimpleNamespace(ready=[], min=1, state=AppState.IDLE, last_failure=None)
-    failed = SimpleNamespace(ready=[], min=1, state=AppState.BACKOFF, last_failure=failure)
+    ready = pool(ready=[object()], min=1, state=AppState.RUNNING, last_failure=None)
+    idle = pool(ready=[], min=0, state=AppState.IDLE, last_failure=None)
+    idle_but_needed = pool(ready=[], min=1, state=AppState.IDLE, last_failure=None)
+    failed = pool(ready=[], min=1, state=AppState.BACKOFF, last_failure=failure)
     assert metrics.app_health(ready)[0] and metrics.app_health(idle)[0]
     assert not metrics.app_health(idle_but_needed)[0]
     assert metrics.app_health(failed) == (False, "backoff: the worker exited during start (exit status 1)")

@@ -500,3 +500,48 @@ def test_a_scripted_rolling_restart_has_each_new_worker_ready_before_its_old_one
     for w in old:
         r.exit(w, code=0)
     assert pool.workers == new and pool.crashes == 0 and pool.state is AppState.RUNNING
+
+
+def test_boot_state_says_booting_then_up_or_failed_and_the_booted_event_is_set_once_over():
+    import asyncio
+
+    async def main():
+        r, pool, loop, script = scripted_pool([False, True], min_processes=1)
+        pool.state = AppState.IDLE
+        assert pool.boot_state().state == "booting" and not pool.booted.is_set()
+        pool.ensure_min()                      # the first start fails: backoff, nothing ready
+        r.check()
+        b = pool.boot_state()
+        assert (b.state, b.ready, b.min_processes, b.all_ready) == ("failed", 0, 1, False)
+        assert b.last_error == "the worker exited during start (exit status 1)" and pool.booted.is_set()
+        loop.fire("_retry")
+        r.check()
+        assert pool.boot_state().state == "up" and pool.boot_state().all_ready
+
+        r, pool, loop, script = scripted_pool([True, False], min_processes=2)
+        pool.state = AppState.IDLE
+        pool.ensure_min()                      # one worker ready (up, as /health wants), the other fails
+        r.check()
+        b = pool.boot_state()
+        assert (b.state, b.ready, b.all_ready, b.idle) == ("up", 1, False, False) and b.last_error is not None
+        assert pool.booted.is_set()
+
+        idle, _ = make_pool(0, min_processes=0)
+        idle.state = AppState.IDLE
+        b = idle.boot_state()
+        assert (b.state, b.idle, b.all_ready) == ("up", True, False) and idle.booted.is_set()
+
+        waiting, _ = make_pool(0, min_processes=1)
+        waiting.state = AppState.IDLE
+        waiter = asyncio.ensure_future(waiting.booted.wait())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        w = waiting._new_worker()              # IDLE -> STARTING: still booting
+        assert not waiting.booted.is_set()
+        w.pid = 4_000_001
+        w.set_state(W.READY)
+        waiting._became_ready(w, 0.0)          # STARTING -> RUNNING: the boot is over
+        await asyncio.wait_for(waiter, 5)
+        assert waiting.boot_state().state == "up"
+
+    asyncio.run(main())
