@@ -138,7 +138,7 @@ class Lifecycle:
         if not self.ready and not self.starting and self.state is AppState.RUNNING:
             self._set_state(AppState.IDLE, f"worker #{w.id} {'stopped' if expected else 'exited'}; none left")
         if crashed:
-            up = time.monotonic() - w.ready_mono
+            up = self.clock() - w.ready_mono
             if not w.proven and up < self.min_uptime:  # a crash loop: back off as for a boot failure
                 self._start_failed(StartFailure(
                     self.name, "start", f"the worker exited {up:.1f} s after it became ready ({_exit_text(w)}); "
@@ -195,7 +195,7 @@ class Lifecycle:
         if w.state is not W.DRAINING:
             return
         if w.drain_timer is None:
-            w.drain_deadline = self.loop.time() + self.shutdown_timeout
+            w.drain_deadline = self.clock() + self.shutdown_timeout
             w.drain_timer = self.loop.call_later(self.shutdown_timeout + DRAIN_KILL_AFTER, self._drain_expired, w)
         if not w.in_flight and not w.confirming:
             self.loop.create_task(w.stop(self._grace(w), why))
@@ -204,7 +204,7 @@ class Lifecycle:
         """TERM -> KILL time for a worker that leaves: what is left of its drain (at least 1 s)."""
         if w.drain_timer is None:
             return self.shutdown_timeout
-        return max(w.drain_deadline - self.loop.time(), 1.0)
+        return max(w.drain_deadline - self.clock(), 1.0)
 
     def _drain_expired(self, w: Worker) -> None:
         w.drain_timer = None
@@ -248,7 +248,7 @@ class Lifecycle:
             ok = await w._probe(timeout)
         finally:
             w.probing = False
-            w.probed = time.monotonic()
+            w.probed = self.clock()
         if not ok and w.state is W.READY and not w.in_flight and w.last_used == used:
             self.worker_failed(w, f"did not answer a liveness probe within {timeout:g} s")
 
@@ -294,7 +294,7 @@ class Lifecycle:
         or "failed" (the new worker failed to start: see last_failure; `old` keeps serving)."""
         self._surge += 1
         try:
-            got = await self._wait_for_slot(old, self.loop.time() + self.shutdown_timeout + SLOT_WAIT_EXTRA)
+            got = await self._wait_for_slot(old, self.clock() + self.shutdown_timeout + SLOT_WAIT_EXTRA)
             new = await self._spawn_one(self._new_worker()) if got else None
         finally:
             self._surge -= 1
@@ -326,7 +326,7 @@ class Lifecycle:
         while True:
             if self.poolset.reserve_slot(self, surge=True):
                 return True
-            left = deadline - self.loop.time()
+            left = deadline - self.clock()
             if left <= 0 or old.state is not W.READY or self.stopping:
                 return False
             await self.poolset.wait_for_slot(left)
@@ -336,7 +336,7 @@ class Lifecycle:
         If a new worker fails to start, the old ones keep serving (unless told otherwise)."""
         self.restarts += 1
         self.last_restart = reason
-        self.last_restart_at = time.time()
+        self.last_restart_at = time.time()  # wall clock, shown to users (status: when): not the pool clock
         if self.restarting:
             self.restart_again = reason
             self.last_restart_result = "queued: it runs once the restart under way ends"

@@ -1,5 +1,8 @@
 """Dispatch decisions of AppPool, with fake workers and a scripted clock (no processes).
 
+The FakeLoop's `now` is both the loop's time (its timers) and the pool's injected clock
+(`AppPool.clock`, which its workers share): a test moves time by adding to `loop.now`.
+
 Every step goes through `Run`, which checks AppPool.check_invariants() (against the exchanges
 the test holds) after it, as Passenger's unit tests verify a Group after every event.
 """
@@ -132,8 +135,8 @@ class Run:
         self.pool.on_worker_exit(w)
         self.check()
 
-    def sweep(self, mono=0.0):
-        self.pool.sweep(self.loop.now, mono)
+    def sweep(self):
+        self.pool.sweep(self.loop.now, self.pool.clock())
         self.check()
 
 
@@ -142,11 +145,11 @@ def make_pool(n_workers=1, **kw):
     if app.concurrency is None:
         app.concurrency = 1
     ps = FakePoolSet()
-    pool = AppPool(app, spawner=None, poolset=ps)
+    pool = AppPool(app, spawner=None, poolset=ps, clock=lambda: ps.loop.now)  # (scripted_pool swaps the loop)
     for i in range(n_workers):
         w = pool.make_worker(i + 1, f"/nonexistent/{i}.sock")
         w.pid = 10_000 + i
-        w.ready_mono = 1.0
+        w.ready_mono = pool.clock() - 60.0  # up a minute: past any min_uptime of these tests
         pool.workers.append(w)
         w.set_state(WorkerState.READY)
     pool._next_id = n_workers + 1
@@ -297,11 +300,7 @@ def test_an_exit_noticed_first_is_handled_the_same():
     assert pool.crashes == 1 and loop.tasks == ["_spawn_one"]
 
 
-def test_a_crash_within_min_uptime_is_a_failed_start_and_backs_off_to_failed(monkeypatch):
-    import passenger_lite.manager.pool as poolmod
-
-    clock = [1000.0]
-    monkeypatch.setattr(poolmod.time, "monotonic", lambda: clock[0])
+def test_a_crash_within_min_uptime_is_a_failed_start_and_backs_off_to_failed():
     r, pool, loop = make_run(0, min_processes=1, min_uptime=5)
     pool.ensure_min()
     r.check()
@@ -311,14 +310,14 @@ def test_a_crash_within_min_uptime_is_a_failed_start_and_backs_off_to_failed(mon
         assert w.state is W.STARTING and pool.starting == 1
         w.pid = 20_000 + n                                   # it boots and answers its probe...
         w.output.append("about to die")
-        w.ready_mono = clock[0]
+        w.ready_mono = loop.now
         w.set_state(W.READY)
-        pool._became_ready(w, clock[0])
+        pool._became_ready(w, loop.now)
         assert all(ex.worker is w for ex in waiting[-1:])      # (the request that waited is served)
         for ex in waiting[-1:]:
             r.release(ex)
         r.check()
-        clock[0] += 1.0
+        loop.now += 1.0
         r.exit(w, code=1)                                    # ... and exits a second later
         assert pool.failures == n and pool.crashes == n and pool.failed_starts == n
         assert "within min_uptime (5 s)" in pool.last_failure.message
@@ -335,13 +334,16 @@ def test_a_crash_within_min_uptime_is_a_failed_start_and_backs_off_to_failed(mon
     assert e.value.problem is pool.last_failure and "min_uptime" in e.value.problem.message
 
 
-def test_a_worker_that_stays_up_min_uptime_resets_the_failures(monkeypatch):
+def test_a_worker_that_stays_up_min_uptime_resets_the_failures():
     r, pool, loop = make_run(1, min_uptime=5)
     w = pool.workers[0]
     pool.failures = 3
-    r.sweep(mono=w.ready_mono + 1)
+    w.ready_mono = loop.now
+    loop.now += 1
+    r.sweep()
     assert pool.failures == 3 and not w.proven
-    r.sweep(mono=w.ready_mono + 5)
+    loop.now += 4
+    r.sweep()
     assert pool.failures == 0 and w.proven
 
 
@@ -382,19 +384,16 @@ def test_min_uptime_key_has_a_default_and_is_validated(tmp_path):
     assert [(x.key, x.line) for x in e.value.problems] == [("apps[0] (a).min_uptime", 4)]
 
 
-def test_app_transitions_are_checked_and_each_is_logged_once_at_info(monkeypatch, caplog):
+def test_app_transitions_are_checked_and_each_is_logged_once_at_info(caplog):
     import logging
 
-    import passenger_lite.manager.pool as poolmod
     from passenger_lite.manager.states import InvalidTransition
 
-    clock = [1000.0]
-    monkeypatch.setattr(poolmod.time, "monotonic", lambda: clock[0])
     caplog.set_level(logging.INFO, logger="passenger_lite.manager")
     r, pool, loop = make_run(1, min_processes=1, min_uptime=5)
     w = pool.workers[0]
-    w.ready_mono = clock[0]
-    clock[0] += 1.0
+    w.ready_mono = loop.now
+    loop.now += 1.0
     r.exit(w, code=1)                                      # within min_uptime: a failed start
     lines = [rec.getMessage() for rec in caplog.records if " -> " in rec.getMessage()]
     assert lines[0] == "a: running -> idle (worker #1 exited; none left)"
@@ -443,7 +442,7 @@ class Script:
             raise StartFailure(self.pool.name, "start", "the worker exited during start (exit status 1)",
                                exit="exit status 1", output="boom")
         w.pid = 4_000_000 + w.id  # above pid_max: never a real process (nothing signals it: no exit task)
-        w.ready_mono = 1.0
+        w.ready_mono = self.pool.clock()
         w.set_state(W.READY)
 
 
