@@ -113,8 +113,8 @@ class Lifecycle:
         """The process is gone. The one place a crash is counted and handled, whether its exit or a
         failed request (worker_failed: out of rotation first, then here) noticed it first."""
         expected = w.state is W.STOPPING
-        if w.state not in (W.STOPPED, W.FAILED):
-            w.set_state(W.STOPPED if expected else W.FAILED)
+        if w.state not in (W.STOPPED, W.FAILED):  # logged below ("stopped", "exited unexpectedly"),
+            w.set_state(W.STOPPED if expected else W.FAILED, level=None)  # or as a failed start
         if w.drain_timer is not None:
             w.drain_timer.cancel()
             w.drain_timer = None
@@ -159,10 +159,11 @@ class Lifecycle:
             return
         w.fault = why
         w.confirming = True
-        log.warning("%s: %s; taking it out of rotation", w.label, why)
         if w.state is W.READY:
             w.stop_reason = why
-            w.set_state(W.DRAINING, why)
+            w.set_state(W.DRAINING, f"{why}; out of rotation", logging.WARNING)
+        else:
+            log.warning("%s: %s; out of rotation already (draining)", w.label, why)
         self.loop.create_task(self._confirm_fault(w, why))
         if self.queue and not self.stopping:  # requests wait: not for the check below
             self._dispatch_queue()
@@ -213,7 +214,7 @@ class Lifecycle:
         why = w.stop_reason or "draining"
         log.warning("%s (pid %s): %d request(s) still in flight after shutdown_timeout (%g s) of draining "
                     "(%s): killing it", w.label, w.pid, w.in_flight, self.shutdown_timeout, why)
-        w.set_state(W.STOPPING)
+        w.set_state(W.STOPPING, level=None)  # the warning above is its line
         self.loop.create_task(w.kill())
 
     # ------------------------------------------------------------------ periodic (AppPool.sweep)

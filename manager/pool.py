@@ -330,8 +330,6 @@ class AppPool(Lifecycle):
             self.ready.remove(w)
         if new is W.READY:
             self.ready.append(w)
-        if why and (new is W.DRAINING or (new is W.STOPPING and old is not W.DRAINING)):
-            log.info("%s: stopping worker #%d (pid %s): %s", self.name, w.id, w.pid, why)
 
     def _set_state(self, new: AppState, why: str = "", level: int = logging.INFO) -> None:
         """The one writer of the app's state: checks APP_TRANSITIONS, logs the transition once."""

@@ -110,12 +110,18 @@ class Worker:
         """It takes new requests (proxy.checkout.Backend)."""
         return self.state is W.READY
 
-    def set_state(self, new: WorkerState, why: str = "") -> None:
+    def set_state(self, new: WorkerState, why: str = "", level: int | None = logging.INFO) -> None:
+        """The one writer of the worker's state: checks WORKER_TRANSITIONS, logs the transition
+        once in the app's format (`blog#2: ready -> draining (why)`) at `level`, then tells its
+        pool. `level` None: the caller's own line is this transition's log, kept because users and
+        the integration tests read it ("ready in N ms", "stopped", "exited unexpectedly", "killing it")."""
         old = self.state
         if old is new:
             return
         check_transition(f"worker {self.label}", WORKER_TRANSITIONS, old, new)
         self.state = new
+        if level is not None:
+            log.log(level, "%s: %s -> %s%s", self.label, old.value, new.value, f" ({why})" if why else "")
         self._on_state(self, old, new, why)
 
     # ------------------------------------------------------------------ start
@@ -183,7 +189,7 @@ class Worker:
         self._release()
         self.ready_mono = self.clock()
         self.last_used = self.ready_mono
-        self.set_state(W.READY)
+        self.set_state(W.READY, level=None)  # its pool logs "worker #N (pid P) ready in N ms"
 
     async def _probe(self, timeout: float) -> bool:
         """True when the worker answers the app's `ready_check` on its address: any status to

@@ -151,7 +151,7 @@ def make_pool(n_workers=1, **kw):
         w.pid = 10_000 + i
         w.ready_mono = pool.clock() - 60.0  # up a minute: past any min_uptime of these tests
         pool.workers.append(w)
-        w.set_state(WorkerState.READY)
+        w.set_state(WorkerState.READY, level=None)  # as Worker.start (the pool logs "ready in N ms")
     pool._next_id = n_workers + 1
     pool.state = AppState.RUNNING
     assert pool.check_invariants({}) == []
@@ -276,13 +276,18 @@ def test_invariants_catch_a_leaked_checkout_and_a_stuck_queue():
 # ---------------------------------------------------------------------------- faults (issue 11)
 
 
-def test_a_failed_request_takes_the_worker_out_and_its_exit_counts_as_a_crash():
+def test_a_failed_request_takes_the_worker_out_and_its_exit_counts_as_a_crash(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="passenger_lite.manager")
     r, pool, loop = make_run(2, min_processes=2, max_processes=2)
     a, b = pool.workers
     ex = r.acquire()
     assert ex.worker is a
     r.release(ex, failed=True, reason="cannot connect to its socket")
     assert a.state is W.DRAINING and a not in pool.ready   # out of rotation at once
+    said = [(rec.levelno, rec.getMessage()) for rec in caplog.records]
+    assert said == [(logging.WARNING, "a#1: ready -> draining (cannot connect to its socket; out of rotation)")]
     assert loop.tasks == ["_confirm_fault"] and pool.crashes == 0
     assert r.acquire("next").worker is b
     r.exit(a)                                               # ... it had died: same as any exit
@@ -443,7 +448,7 @@ class Script:
                                exit="exit status 1", output="boom")
         w.pid = 4_000_000 + w.id  # above pid_max: never a real process (nothing signals it: no exit task)
         w.ready_mono = self.pool.clock()
-        w.set_state(W.READY)
+        w.set_state(W.READY, level=None)  # as Worker.start: the pool logs "ready in N ms"
 
 
 def scripted_pool(outcomes, n_workers=0, **kw):
@@ -495,7 +500,14 @@ def test_a_scripted_rolling_restart_has_each_new_worker_ready_before_its_old_one
     assert pool.last_restart_result == "2 worker(s) replaced, each after its replacement was ready"
     msgs = [rec.getMessage() for rec in caplog.records]
     ready3 = next(i for i, m in enumerate(msgs) if m.startswith("a: worker #3 (pid 4000003) ready in "))
-    assert ready3 < msgs.index("a: stopping worker #1 (pid 10000): restart (config reload)")
+    drain1 = msgs.index("a#1: ready -> draining (restart (config reload))")
+    assert ready3 < drain1
+    for w in old:  # each transition logged once, at INFO, in the app's format; no second line for it
+        for line in (f"a#{w.id}: ready -> draining (restart (config reload))",
+                     f"a#{w.id}: draining -> stopping (restart (config reload))"):
+            assert msgs.count(line) == 1, msgs
+    assert not [m for m in msgs if "stopping worker" in m]
+    assert all(rec.levelno == logging.INFO for rec in caplog.records if " -> " in rec.getMessage())
     for w in old:
         r.exit(w, code=0)
     assert pool.workers == new and pool.crashes == 0 and pool.state is AppState.RUNNING
