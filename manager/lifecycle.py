@@ -113,8 +113,8 @@ class Lifecycle:
         """The process is gone. The one place a crash is counted and handled, whether its exit or a
         failed request (worker_failed: out of rotation first, then here) noticed it first."""
         expected = w.state is W.STOPPING
-        if w.state not in (W.STOPPED, W.FAILED):
-            w.set_state(W.STOPPED if expected else W.FAILED)
+        if w.state not in (W.STOPPED, W.FAILED):  # logged below ("stopped", "exited unexpectedly"),
+            w.set_state(W.STOPPED if expected else W.FAILED, level=None)  # or as a failed start
         if w.drain_timer is not None:
             w.drain_timer.cancel()
             w.drain_timer = None
@@ -138,7 +138,7 @@ class Lifecycle:
         if not self.ready and not self.starting and self.state is AppState.RUNNING:
             self._set_state(AppState.IDLE, f"worker #{w.id} {'stopped' if expected else 'exited'}; none left")
         if crashed:
-            up = time.monotonic() - w.ready_mono
+            up = self.clock() - w.ready_mono
             if not w.proven and up < self.min_uptime:  # a crash loop: back off as for a boot failure
                 self._start_failed(StartFailure(
                     self.name, "start", f"the worker exited {up:.1f} s after it became ready ({_exit_text(w)}); "
@@ -159,10 +159,11 @@ class Lifecycle:
             return
         w.fault = why
         w.confirming = True
-        log.warning("%s: %s; taking it out of rotation", w.label, why)
         if w.state is W.READY:
             w.stop_reason = why
-            w.set_state(W.DRAINING, why)
+            w.set_state(W.DRAINING, f"{why}; out of rotation", logging.WARNING)
+        else:
+            log.warning("%s: %s; out of rotation already (draining)", w.label, why)
         self.loop.create_task(self._confirm_fault(w, why))
         if self.queue and not self.stopping:  # requests wait: not for the check below
             self._dispatch_queue()
@@ -195,7 +196,7 @@ class Lifecycle:
         if w.state is not W.DRAINING:
             return
         if w.drain_timer is None:
-            w.drain_deadline = self.loop.time() + self.shutdown_timeout
+            w.drain_deadline = self.clock() + self.shutdown_timeout
             w.drain_timer = self.loop.call_later(self.shutdown_timeout + DRAIN_KILL_AFTER, self._drain_expired, w)
         if not w.in_flight and not w.confirming:
             self.loop.create_task(w.stop(self._grace(w), why))
@@ -204,7 +205,7 @@ class Lifecycle:
         """TERM -> KILL time for a worker that leaves: what is left of its drain (at least 1 s)."""
         if w.drain_timer is None:
             return self.shutdown_timeout
-        return max(w.drain_deadline - self.loop.time(), 1.0)
+        return max(w.drain_deadline - self.clock(), 1.0)
 
     def _drain_expired(self, w: Worker) -> None:
         w.drain_timer = None
@@ -213,7 +214,7 @@ class Lifecycle:
         why = w.stop_reason or "draining"
         log.warning("%s (pid %s): %d request(s) still in flight after shutdown_timeout (%g s) of draining "
                     "(%s): killing it", w.label, w.pid, w.in_flight, self.shutdown_timeout, why)
-        w.set_state(W.STOPPING)
+        w.set_state(W.STOPPING, level=None)  # the warning above is its line
         self.loop.create_task(w.kill())
 
     # ------------------------------------------------------------------ periodic (AppPool.sweep)
@@ -248,7 +249,7 @@ class Lifecycle:
             ok = await w._probe(timeout)
         finally:
             w.probing = False
-            w.probed = time.monotonic()
+            w.probed = self.clock()
         if not ok and w.state is W.READY and not w.in_flight and w.last_used == used:
             self.worker_failed(w, f"did not answer a liveness probe within {timeout:g} s")
 
@@ -294,7 +295,7 @@ class Lifecycle:
         or "failed" (the new worker failed to start: see last_failure; `old` keeps serving)."""
         self._surge += 1
         try:
-            got = await self._wait_for_slot(old, self.loop.time() + self.shutdown_timeout + SLOT_WAIT_EXTRA)
+            got = await self._wait_for_slot(old, self.clock() + self.shutdown_timeout + SLOT_WAIT_EXTRA)
             new = await self._spawn_one(self._new_worker()) if got else None
         finally:
             self._surge -= 1
@@ -326,7 +327,7 @@ class Lifecycle:
         while True:
             if self.poolset.reserve_slot(self, surge=True):
                 return True
-            left = deadline - self.loop.time()
+            left = deadline - self.clock()
             if left <= 0 or old.state is not W.READY or self.stopping:
                 return False
             await self.poolset.wait_for_slot(left)
@@ -336,7 +337,7 @@ class Lifecycle:
         If a new worker fails to start, the old ones keep serving (unless told otherwise)."""
         self.restarts += 1
         self.last_restart = reason
-        self.last_restart_at = time.time()
+        self.last_restart_at = time.time()  # wall clock, shown to users (status: when): not the pool clock
         if self.restarting:
             self.restart_again = reason
             self.last_restart_result = "queued: it runs once the restart under way ends"

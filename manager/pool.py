@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from passenger_lite.proxy.checkout import Unavailable
 from passenger_lite.spawners.base import short_command
@@ -53,8 +53,12 @@ class PoolHost(Protocol):
 
 
 class AppPool(Lifecycle):
-    def __init__(self, app: "AppConfig", spawner, poolset: PoolHost):
+    def __init__(self, app: "AppConfig", spawner, poolset: PoolHost, clock: Callable[[], float] = time.monotonic):
         self.poolset = poolset
+        # The one clock of the app's lifecycle (monotonic seconds): every duration and deadline of
+        # the pool, lifecycle.py and its workers reads it; unit tests drive a fake one. Timers are
+        # still scheduled on the loop (call_later takes a delay, not a time on this clock).
+        self.clock = clock
         self.spawner = spawner
         self.workers: list[Worker] = []
         self.ready: list[Worker] = []      # READY workers, the only ones acquire() looks at
@@ -137,7 +141,7 @@ class AppPool(Lifecycle):
         if len(self.queue) >= self.max_queue and (self.ready or not self.starting):
             # (not while the app's first worker starts: a cold start holds its burst, issue 12)
             raise Unavailable(503, "Too many requests are waiting for this application.")
-        ex.queue_deadline = self.loop.time() + self.queue_timeout
+        ex.queue_deadline = self.clock() + self.queue_timeout
         self.queue.append(ex)
         self._maybe_spawn()
         return None
@@ -145,7 +149,7 @@ class AppPool(Lifecycle):
     def release(self, w: Worker, failed: bool = False, reason: str = "") -> None:
         """The exchange on `w` ended (or never reached it, or timed out, when `failed`)."""
         w.in_flight -= 1
-        w.last_used = time.monotonic()
+        w.last_used = self.clock()
         if failed:
             self.worker_failed(w, reason)  # out of rotation now, before the queue below
         else:
@@ -239,7 +243,8 @@ class AppPool(Lifecycle):
     def make_worker(self, wid: int, sock: str, port: int | None = None) -> Worker:
         """A Worker of this app that reports its transitions and its exit here."""
         return Worker(self.app, wid, sock, port, on_state=self.on_worker_state, on_exit=self.on_worker_exit,
-                      on_gone=self.poolset.backend_gone, last_failure=lambda: self.last_failure)
+                      on_gone=self.poolset.backend_gone, last_failure=lambda: self.last_failure,
+                      clock=self.clock)
 
     def _new_worker(self) -> Worker:
         """A STARTING worker, counted in `starting` until its spawn ends (its slot is reserved)."""
@@ -265,7 +270,7 @@ class AppPool(Lifecycle):
 
     async def _spawn_one(self, w: Worker) -> Worker | None:
         wid = w.id
-        t0 = time.monotonic()
+        t0 = self.clock()
         try:
             await self.start_worker(w)
         except StartFailure as f:
@@ -300,7 +305,7 @@ class AppPool(Lifecycle):
         """`w` answered its readiness probe (it is READY): its spawn ends, the queue gets it."""
         self._spawn_ended(w)
         log.info("%s: worker #%d (pid %s) ready in %d ms", self.name, w.id, w.pid,
-                 (time.monotonic() - t0) * 1000)
+                 (self.clock() - t0) * 1000)
         if not self.min_uptime:
             self._proven(w)
         if not self.stopping:
@@ -326,8 +331,6 @@ class AppPool(Lifecycle):
             self.ready.remove(w)
         if new is W.READY:
             self.ready.append(w)
-        if why and (new is W.DRAINING or (new is W.STOPPING and old is not W.DRAINING)):
-            log.info("%s: stopping worker #%d (pid %s): %s", self.name, w.id, w.pid, why)
 
     def _set_state(self, new: AppState, why: str = "", level: int = logging.INFO) -> None:
         """The one writer of the app's state: checks APP_TRANSITIONS, logs the transition once."""
@@ -343,12 +346,13 @@ class AppPool(Lifecycle):
 
     def sweep(self, now: float, mono: float) -> None:
         """Every SWEEP_INTERVAL (PoolSet): the lifecycle's look at the workers, and 504 to the
-        requests that waited past queue_timeout."""
+        requests that waited past queue_timeout. `mono` is the time on the pool's clock (`now`,
+        the loop's time, is not used here: every deadline of the pool is on its clock)."""
         self._sweep_ready(mono)
         q = self.queue
         if q and (self.ready or not self.starting):
             # while the first worker is still starting, waiting requests are bounded by start_timeout
-            while q and q[0].queue_deadline < now:
+            while q and q[0].queue_deadline < mono:
                 ex = q.popleft()
                 ex.on_unavailable(504, "The request waited too long for a free worker.",
                                   None)
@@ -433,7 +437,7 @@ class AppPool(Lifecycle):
     # ------------------------------------------------------------------ status
 
     def snapshot(self) -> dict:
-        mono = time.monotonic()
+        mono = self.clock()
         return {
             "name": self.name,
             "type": self.app.type,

@@ -156,10 +156,9 @@ class PoolSet:
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        mono = time.monotonic()
         for p in list(self.pools.values()):
             try:
-                p.sweep(now, mono)
+                p.sweep(now, p.clock())  # each pool's own clock (time.monotonic unless injected)
             except Exception:  # noqa: BLE001 - keep sweeping the other pools
                 log.exception("%s: periodic check failed", p.name)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)

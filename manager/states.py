@@ -1,8 +1,10 @@
 """States of workers and app pools, and the transitions allowed between them. A leaf module.
 
 Each state has one writer that checks its table: `Worker.set_state` (its pool hears of every
-transition) and `AppPool._set_state`, which logs each app transition once at INFO, in one format
-(`blog: running -> backoff (exit status 1; next try in 1.2 s)`). Vocabulary (CONTRIBUTING.md has the glossary): PoolSet = Passenger's Pool,
+transition) and `AppPool._set_state`; both log each transition once at INFO, in one format
+(`blog: running -> backoff (exit status 1; next try in 1.2 s)`, `blog#2: ready -> draining (...)`).
+The flags beside these states (restarting, spawning, recycling, ...) are tasks under way or
+counters, not states: CONTRIBUTING.md says why, one by one. Vocabulary (CONTRIBUTING.md has the glossary): PoolSet = Passenger's Pool,
 AppPool = Group, Worker = Process, Exchange = Session; a worker is checked out (`acquire`) for one
 exchange and given back (`release`) when its response ends.
 """

@@ -45,12 +45,13 @@ def probe_request(ready_check: str) -> bytes | None:
 class Worker:
     def __init__(self, app: "AppConfig", wid: int, sock: str, port: int | None = None, *,
                  on_state: Callable, on_exit: Callable, on_gone: Callable,
-                 last_failure: Callable[[], StartFailure | None]):
+                 last_failure: Callable[[], StartFailure | None], clock: Callable[[], float] = time.monotonic):
         self.app = app.name
         self._on_state = on_state          # (worker, old, new, why): after each transition
         self._on_exit = on_exit            # (worker): once its process is gone
         self._on_gone = on_gone            # (worker): it stops or has exited (the proxy drops its connections)
         self._last_failure = last_failure  # () -> its app's last StartFailure (a retry holds its output)
+        self.clock = clock                 # its pool's monotonic clock: every time below is on it
         self.id = wid
         self.sock = sock
         self.port = port
@@ -60,9 +61,9 @@ class Worker:
         self.concurrency = app.concurrency or 0
         self.in_flight = 0
         self.served = 0
-        self.started_mono = time.monotonic()
+        self.started_mono = clock()
         self.ready_mono = 0.0
-        self.last_used = time.monotonic()
+        self.last_used = self.started_mono
         self.exit_code: int | None = None
         self.stop_reason = ""
         self.output: deque[str] = deque(maxlen=OUTPUT_TAIL)
@@ -109,12 +110,18 @@ class Worker:
         """It takes new requests (proxy.checkout.Backend)."""
         return self.state is W.READY
 
-    def set_state(self, new: WorkerState, why: str = "") -> None:
+    def set_state(self, new: WorkerState, why: str = "", level: int | None = logging.INFO) -> None:
+        """The one writer of the worker's state: checks WORKER_TRANSITIONS, logs the transition
+        once in the app's format (`blog#2: ready -> draining (why)`) at `level`, then tells its
+        pool. `level` None: the caller's own line is this transition's log, kept because users and
+        the integration tests read it ("ready in N ms", "stopped", "exited unexpectedly", "killing it")."""
         old = self.state
         if old is new:
             return
         check_transition(f"worker {self.label}", WORKER_TRANSITIONS, old, new)
         self.state = new
+        if level is not None:
+            log.log(level, "%s: %s -> %s%s", self.label, old.value, new.value, f" ({why})" if why else "")
         self._on_state(self, old, new, why)
 
     # ------------------------------------------------------------------ start
@@ -155,13 +162,13 @@ class Worker:
         self._readers = [loop.create_task(self._read(self.proc.stdout, printer, "out")),
                          loop.create_task(self._read(self.proc.stderr, printer, "err"))]
         self._exit_task = loop.create_task(self._wait_exit(watchdog))
-        deadline = loop.time() + timeout
+        deadline = self.clock() + timeout
         delay = 0.002
         while True:
             if self._exit_task.done():
                 await self._drain_output()
                 raise self._failure("start", f"the worker exited during start ({describe_exit(self.exit_code)})")
-            remaining = deadline - loop.time()
+            remaining = deadline - self.clock()
             if remaining <= 0:
                 await self.kill()
                 await self._drain_output()
@@ -180,9 +187,9 @@ class Worker:
         if self.state is not W.STARTING:  # stopped while starting (shutdown, restart)
             raise self._failure("start", "the worker was stopped before it became ready")
         self._release()
-        self.ready_mono = time.monotonic()
+        self.ready_mono = self.clock()
         self.last_used = self.ready_mono
-        self.set_state(W.READY)
+        self.set_state(W.READY, level=None)  # its pool logs "worker #N (pid P) ready in N ms"
 
     async def _probe(self, timeout: float) -> bool:
         """True when the worker answers the app's `ready_check` on its address: any status to

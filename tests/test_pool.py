@@ -1,5 +1,8 @@
 """Dispatch decisions of AppPool, with fake workers and a scripted clock (no processes).
 
+The FakeLoop's `now` is both the loop's time (its timers) and the pool's injected clock
+(`AppPool.clock`, which its workers share): a test moves time by adding to `loop.now`.
+
 Every step goes through `Run`, which checks AppPool.check_invariants() (against the exchanges
 the test holds) after it, as Passenger's unit tests verify a Group after every event.
 """
@@ -132,8 +135,8 @@ class Run:
         self.pool.on_worker_exit(w)
         self.check()
 
-    def sweep(self, mono=0.0):
-        self.pool.sweep(self.loop.now, mono)
+    def sweep(self):
+        self.pool.sweep(self.loop.now, self.pool.clock())
         self.check()
 
 
@@ -142,13 +145,13 @@ def make_pool(n_workers=1, **kw):
     if app.concurrency is None:
         app.concurrency = 1
     ps = FakePoolSet()
-    pool = AppPool(app, spawner=None, poolset=ps)
+    pool = AppPool(app, spawner=None, poolset=ps, clock=lambda: ps.loop.now)  # (scripted_pool swaps the loop)
     for i in range(n_workers):
         w = pool.make_worker(i + 1, f"/nonexistent/{i}.sock")
         w.pid = 10_000 + i
-        w.ready_mono = 1.0
+        w.ready_mono = pool.clock() - 60.0  # up a minute: past any min_uptime of these tests
         pool.workers.append(w)
-        w.set_state(WorkerState.READY)
+        w.set_state(WorkerState.READY, level=None)  # as Worker.start (the pool logs "ready in N ms")
     pool._next_id = n_workers + 1
     pool.state = AppState.RUNNING
     assert pool.check_invariants({}) == []
@@ -273,13 +276,18 @@ def test_invariants_catch_a_leaked_checkout_and_a_stuck_queue():
 # ---------------------------------------------------------------------------- faults (issue 11)
 
 
-def test_a_failed_request_takes_the_worker_out_and_its_exit_counts_as_a_crash():
+def test_a_failed_request_takes_the_worker_out_and_its_exit_counts_as_a_crash(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="passenger_lite.manager")
     r, pool, loop = make_run(2, min_processes=2, max_processes=2)
     a, b = pool.workers
     ex = r.acquire()
     assert ex.worker is a
     r.release(ex, failed=True, reason="cannot connect to its socket")
     assert a.state is W.DRAINING and a not in pool.ready   # out of rotation at once
+    said = [(rec.levelno, rec.getMessage()) for rec in caplog.records]
+    assert said == [(logging.WARNING, "a#1: ready -> draining (cannot connect to its socket; out of rotation)")]
     assert loop.tasks == ["_confirm_fault"] and pool.crashes == 0
     assert r.acquire("next").worker is b
     r.exit(a)                                               # ... it had died: same as any exit
@@ -297,11 +305,7 @@ def test_an_exit_noticed_first_is_handled_the_same():
     assert pool.crashes == 1 and loop.tasks == ["_spawn_one"]
 
 
-def test_a_crash_within_min_uptime_is_a_failed_start_and_backs_off_to_failed(monkeypatch):
-    import passenger_lite.manager.pool as poolmod
-
-    clock = [1000.0]
-    monkeypatch.setattr(poolmod.time, "monotonic", lambda: clock[0])
+def test_a_crash_within_min_uptime_is_a_failed_start_and_backs_off_to_failed():
     r, pool, loop = make_run(0, min_processes=1, min_uptime=5)
     pool.ensure_min()
     r.check()
@@ -311,14 +315,14 @@ def test_a_crash_within_min_uptime_is_a_failed_start_and_backs_off_to_failed(mon
         assert w.state is W.STARTING and pool.starting == 1
         w.pid = 20_000 + n                                   # it boots and answers its probe...
         w.output.append("about to die")
-        w.ready_mono = clock[0]
+        w.ready_mono = loop.now
         w.set_state(W.READY)
-        pool._became_ready(w, clock[0])
+        pool._became_ready(w, loop.now)
         assert all(ex.worker is w for ex in waiting[-1:])      # (the request that waited is served)
         for ex in waiting[-1:]:
             r.release(ex)
         r.check()
-        clock[0] += 1.0
+        loop.now += 1.0
         r.exit(w, code=1)                                    # ... and exits a second later
         assert pool.failures == n and pool.crashes == n and pool.failed_starts == n
         assert "within min_uptime (5 s)" in pool.last_failure.message
@@ -335,13 +339,16 @@ def test_a_crash_within_min_uptime_is_a_failed_start_and_backs_off_to_failed(mon
     assert e.value.problem is pool.last_failure and "min_uptime" in e.value.problem.message
 
 
-def test_a_worker_that_stays_up_min_uptime_resets_the_failures(monkeypatch):
+def test_a_worker_that_stays_up_min_uptime_resets_the_failures():
     r, pool, loop = make_run(1, min_uptime=5)
     w = pool.workers[0]
     pool.failures = 3
-    r.sweep(mono=w.ready_mono + 1)
+    w.ready_mono = loop.now
+    loop.now += 1
+    r.sweep()
     assert pool.failures == 3 and not w.proven
-    r.sweep(mono=w.ready_mono + 5)
+    loop.now += 4
+    r.sweep()
     assert pool.failures == 0 and w.proven
 
 
@@ -382,19 +389,16 @@ def test_min_uptime_key_has_a_default_and_is_validated(tmp_path):
     assert [(x.key, x.line) for x in e.value.problems] == [("apps[0] (a).min_uptime", 4)]
 
 
-def test_app_transitions_are_checked_and_each_is_logged_once_at_info(monkeypatch, caplog):
+def test_app_transitions_are_checked_and_each_is_logged_once_at_info(caplog):
     import logging
 
-    import passenger_lite.manager.pool as poolmod
     from passenger_lite.manager.states import InvalidTransition
 
-    clock = [1000.0]
-    monkeypatch.setattr(poolmod.time, "monotonic", lambda: clock[0])
     caplog.set_level(logging.INFO, logger="passenger_lite.manager")
     r, pool, loop = make_run(1, min_processes=1, min_uptime=5)
     w = pool.workers[0]
-    w.ready_mono = clock[0]
-    clock[0] += 1.0
+    w.ready_mono = loop.now
+    loop.now += 1.0
     r.exit(w, code=1)                                      # within min_uptime: a failed start
     lines = [rec.getMessage() for rec in caplog.records if " -> " in rec.getMessage()]
     assert lines[0] == "a: running -> idle (worker #1 exited; none left)"
@@ -443,8 +447,8 @@ class Script:
             raise StartFailure(self.pool.name, "start", "the worker exited during start (exit status 1)",
                                exit="exit status 1", output="boom")
         w.pid = 4_000_000 + w.id  # above pid_max: never a real process (nothing signals it: no exit task)
-        w.ready_mono = 1.0
-        w.set_state(W.READY)
+        w.ready_mono = self.pool.clock()
+        w.set_state(W.READY, level=None)  # as Worker.start: the pool logs "ready in N ms"
 
 
 def scripted_pool(outcomes, n_workers=0, **kw):
@@ -496,7 +500,14 @@ def test_a_scripted_rolling_restart_has_each_new_worker_ready_before_its_old_one
     assert pool.last_restart_result == "2 worker(s) replaced, each after its replacement was ready"
     msgs = [rec.getMessage() for rec in caplog.records]
     ready3 = next(i for i, m in enumerate(msgs) if m.startswith("a: worker #3 (pid 4000003) ready in "))
-    assert ready3 < msgs.index("a: stopping worker #1 (pid 10000): restart (config reload)")
+    drain1 = msgs.index("a#1: ready -> draining (restart (config reload))")
+    assert ready3 < drain1
+    for w in old:  # each transition logged once, at INFO, in the app's format; no second line for it
+        for line in (f"a#{w.id}: ready -> draining (restart (config reload))",
+                     f"a#{w.id}: draining -> stopping (restart (config reload))"):
+            assert msgs.count(line) == 1, msgs
+    assert not [m for m in msgs if "stopping worker" in m]
+    assert all(rec.levelno == logging.INFO for rec in caplog.records if " -> " in rec.getMessage())
     for w in old:
         r.exit(w, code=0)
     assert pool.workers == new and pool.crashes == 0 and pool.state is AppState.RUNNING
